@@ -1,0 +1,82 @@
+"""Dense raster-order GPT over all N codes of a dense tokenizer: the baseline the Stackformer beats.
+
+Same blocks, init and sampler machinery as the Stackformer (reused from `stackformer.py`), so a
+speed or quality comparison measures the masked-sequence idea and nothing else. Layout:
+idx = [sos = C, c_0 .. c_{N-1}] with codes in raster order; step t predicts c_t.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maskvq_jax.models.stackformer import (ACT_NAMES, Block, KVCache, _INIT, _ZEROS, _dense,
+                                           _layer_norm, causal_mask, init_kv_cache)
+
+Dtype = Any
+
+
+class DenseGPT(nn.Module):
+  """minGPT over dense code sequences (token + learned absolute position embedding)."""
+  vocab_size: int  # codebook_size + 1 (sos = codebook_size).
+  block_size: int  # N, the number of grid tokens.
+  d_model: int = 256
+  n_heads: int = 8
+  n_layers: int = 8
+  embd_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @property
+  def codebook_size(self) -> int:
+    return self.vocab_size - 1
+
+  @property
+  def sos_token(self) -> int:
+    return self.vocab_size - 1
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  def setup(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    self.tok_emb = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype,
+                            embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")))
+    self.pos_emb = self.param("pos_emb", nn.with_logical_partitioning(_ZEROS, ("length", "embed")),
+                              (self.block_size, self.d_model), jnp.float32)
+    self.blocks = [Block(self.d_model, self.n_heads, self.attn_dropout, self.resid_dropout,
+                         False, self.dtype) for _ in range(self.n_layers)]
+    self.head_ln = _layer_norm(self.dtype)
+    self.head = _dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype)
+    self.embed_drop = nn.Dropout(self.embd_dropout)
+
+  def _forward(self, codes, offset, mask, *, train, cache=None):
+    s = codes.shape[1]
+    pos = jax.lax.dynamic_slice_in_dim(self.pos_emb, offset, s, axis=0).astype(self.dtype)
+    x = nn.with_logical_constraint(self.tok_emb(codes) + pos[None], ACT_NAMES)
+    x = self.embed_drop(x, deterministic=not train)
+    new_cache = []
+    for i, blk in enumerate(self.blocks):
+      x, c = blk(x, mask, train=train, cache=None if cache is None else cache[i], index=offset)
+      new_cache.append(c)
+    return self.head(self.head_ln(x)).astype(jnp.float32), new_cache
+
+  def __call__(self, codes_in, *, train: bool = False):
+    """codes_in [B, T] = idx[:, :-1] -> logits [B, T, V] predicting idx[:, 1:]."""
+    t = codes_in.shape[1]
+    if t > self.block_size:
+      raise ValueError(f"sequence length {t} exceeds block_size={self.block_size}")
+    logits, _ = self._forward(codes_in, 0, causal_mask(t, t), train=train)
+    return logits
+
+  def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32) -> KVCache:
+    """Empty KV cache for `length` steps (no params needed; call on the unbound module)."""
+    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype)
+
+  def step(self, cache: KVCache, codes, index):
+    """codes [B, S] at sequence offset `index` -> (logits [B, S, V], new cache)."""
+    mask = causal_mask(codes.shape[1], cache[0]["k"].shape[1], index)
+    return self._forward(codes, index, mask, train=False, cache=cache)
