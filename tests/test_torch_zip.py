@@ -203,3 +203,13 @@ def test_state_dict_from_checkpoint_contract():
     torch_zip.state_dict_from_checkpoint({"w": a, "epoch": 1})
   with pytest.raises(ValueError, match="got list"):
     torch_zip.state_dict_from_checkpoint([a])
+
+
+def test_torchscript_list_builders_allowed_but_torch_jit_refused(tmp_path):
+  # TorchScript stores a conv's List[int] padding as torch.jit._pickle.build_intlist([3, 0]).
+  pkl = b"\x80\x02ctorch.jit._pickle\nbuild_intlist\n]q\x00(K\x03K\x00e\x85R."
+  path = _write_zip(tmp_path / "ts.pt", pkl)
+  assert torch_zip.load_torch_checkpoint(path) == [3, 0]
+  path = _write_zip(tmp_path / "evil.pt", _call_pickle("torch.jit", "load", "x.pt"))
+  with pytest.raises(torch_zip.UnsafePickleError, match="torch.jit.load"):
+    torch_zip.load_torch_checkpoint(path)

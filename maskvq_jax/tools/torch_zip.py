@@ -8,7 +8,8 @@ pickle is read with a restricted unpickler:
 
 * allowed: `collections.OrderedDict`, the `torch._utils` tensor/parameter rebuild functions
   (replaced by our numpy versions), `torch.*Storage` names and torch dtypes (replaced by markers),
-  a few harmless builtins and numpy's array reconstructors;
+  TorchScript's list builders (`torch.jit._pickle.build_intlist`, ...), a few harmless builtins
+  and numpy's array reconstructors;
 * refused with `UnsafePickleError`: builtins outside that list and modules that can run commands
   or load code (`os`, `subprocess`, `sys`, `importlib`, ...);
 * anything else (Lightning callbacks, OmegaConf hparams, TorchScript module classes) becomes a
@@ -228,6 +229,22 @@ _TORCH_FUNCS = {
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
 }
 
+
+def _restore_type_tag(value, type_str):
+  del type_str  # TorchScript typing hint for containers; the value is already complete.
+  return value
+
+
+# TorchScript archives wrap typed list attributes (e.g. a conv's List[int] padding) in these.
+_JIT_PICKLE = {
+    "build_intlist": list,
+    "build_doublelist": list,
+    "build_boollist": list,
+    "build_tensorlist": list,
+    "build_genericlist": list,
+    "restore_type_tag": _restore_type_tag,
+}
+
 _PLACEHOLDER_TYPES: dict[tuple[str, str], type] = {}
 
 
@@ -267,6 +284,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return TorchDtype(_TORCH_DTYPES[name])
     if module == "torch" and name == "Size":
       return tuple
+    if module == "torch.jit._pickle" and name in _JIT_PICKLE:
+      return _JIT_PICKLE[name]
     if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
       return getattr(__import__("builtins"), name)
     if (module, name) == ("_codecs", "encode"):
