@@ -213,3 +213,12 @@ def test_torchscript_list_builders_allowed_but_torch_jit_refused(tmp_path):
   path = _write_zip(tmp_path / "evil.pt", _call_pickle("torch.jit", "load", "x.pt"))
   with pytest.raises(torch_zip.UnsafePickleError, match="torch.jit.load"):
     torch_zip.load_torch_checkpoint(path)
+
+
+def test_numpy_values_in_hparams_load(tmp_path):
+  hparams = {"lr": np.float64(1.5), "table": np.arange(3, dtype=np.int16), "dt": np.dtype("f4")}
+  path = _write_zip(tmp_path / "np.ckpt", pickle.dumps({"hyper_parameters": hparams}, protocol=2))
+  got = torch_zip.load_torch_checkpoint(path)["hyper_parameters"]
+  assert got["lr"] == 1.5 and isinstance(got["lr"], np.float64)
+  np.testing.assert_array_equal(got["table"], [0, 1, 2])
+  assert got["dt"] == np.float32

@@ -138,8 +138,8 @@ class InceptionC(nn.Module):
     return jnp.concatenate([
         ConvBN(features=192, kernel_size=(1, 1), precision=p, name="conv")(x),
         Tower(convs=(_spec(c7), _spec(c7, *row), _spec(192, *col)), precision=p, name="tower")(x),
-        Tower(convs=(_spec(c7), _spec(c7, *col), _spec(c7, *row), _spec(c7, *col), _spec(192, *row)),
-              precision=p, name="tower_1")(x),
+        Tower(convs=(_spec(c7), _spec(c7, *col), _spec(c7, *row), _spec(c7, *col),
+                     _spec(192, *row)), precision=p, name="tower_1")(x),
         Tower(convs=(_spec(192),), avg_pool_first=True, precision=p, name="tower_2")(x),
     ], axis=-1)
 

@@ -169,8 +169,9 @@ def fetch_inception_npz(cache: str | os.PathLike | None = None, *,
   return npz
 
 
-def inception_params(cache_dir: str | os.PathLike | None = None,  # pylint: disable=redefined-outer-name
-                     allow_download: bool = True) -> dict:
+def inception_params(
+    cache_dir: str | os.PathLike | None = None,  # pylint: disable=redefined-outer-name
+    allow_download: bool = True) -> dict:
   """Flax variables {'params': ...} for `FIDInceptionV3().apply`, fetched/converted on demand."""
   from maskvq_jax.models import inception  # pylint: disable=import-outside-toplevel
   path = fetch_inception_npz(cache_dir, allow_download=allow_download)

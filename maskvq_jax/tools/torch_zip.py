@@ -75,7 +75,8 @@ class Placeholder(dict):
     self.items_list.extend(items)
 
   def __repr__(self):
-    return f"Placeholder({self.pickle_global}, args={len(self.args)}, state={type(self.state).__name__})"
+    state = type(self.state).__name__
+    return f"Placeholder({self.pickle_global}, args={len(self.args)}, state={state})"
 
   __hash__ = object.__hash__  # Placeholders may be used as dict keys or set members.
 
@@ -329,7 +330,8 @@ def _numpy_global(module: str, name: str):
     return np.ndarray
   if name == "dtype":
     return np.dtype
-  multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
   return getattr(multiarray, name)
 
 
