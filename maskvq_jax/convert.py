@@ -19,6 +19,8 @@ import numpy as np
 IGNORED = (re.compile(r"\.temb_proj\."), re.compile(r"\.attn\.mask$"), re.compile(r"num_batches_tracked$"),
            re.compile(r"^loss\."))  # the Lightning module's loss (LPIPS + discriminator) is not the tokenizer
 
+STORED_COLLECTIONS = ("params", "batch_stats", "vq_stats")  # not "perturbations" / "intermediates"
+
 _MODULE_RULES = [  # (regex on the torch module path, replacement giving our '/'-joined path)
     (r"^(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.", r"\1/down_\2_\3_\4/"),
     (r"^(encoder)\.down\.(\d+)\.downsample\.conv\.", r"\1/down_\2_downsample/conv/"),
@@ -162,7 +164,8 @@ def mqvae_kwargs_from_official(vae_params: Mapping[str, Any]) -> dict:
 
 
 def abstract_variables(model: nn.Module, batch: int = 1):
-  """Unboxed ShapeDtypeStructs of the model's variables (no compute, no memory)."""
+  """Unboxed ShapeDtypeStructs of the model's stored variables (no compute, no memory)."""
   x = jnp.zeros((batch, model.resolution, model.resolution, model.in_channels), jnp.float32)
   rngs = {"params": jax.random.key(0), "mask": jax.random.key(0)}
-  return nn.meta.unbox(jax.eval_shape(lambda: model.init(rngs, x, train=False)))
+  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(rngs, x, train=False)))
+  return {k: v for k, v in abstract.items() if k in STORED_COLLECTIONS}

@@ -28,5 +28,5 @@ def check_fid_inception(z: dict[str, np.ndarray], params: dict) -> list[Row]:
   """
   ours = pool3_features(np.asarray(z["in/images_u8"]), params)
   ref = np.asarray(z["out/pool3"])
-  return [compare("fid/pool3", ours, ref, rtol=RTOL,
+  return [compare("out/pool3", ours, ref, rtol=RTOL,
                   note=f"{ref.shape[0]} images, u8/128-1 at 299x299")]

@@ -97,6 +97,7 @@ class Masker(nn.Module):
     b, hh, ww, c = h.shape
     n = hh * ww
     scores = self.score(h, train)  # [B, N]
+    scores = self.perturb("scores", scores)  # identity unless a "perturbations" collection is given
     self.sow("intermediates", "scores", scores)
     _, order = jax.lax.top_k(jax.lax.stop_gradient(scores), n)  # full descending order
     positions, remain = order[:, :self.num_keep], order[:, self.num_keep:]
