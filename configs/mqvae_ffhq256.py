@@ -1,0 +1,25 @@
+r"""MQ-VAE stage 1 on FFHQ 256 (f8, keep 30%): the ImageNet recipe on the taming FFHQ split.
+
+FFHQ is read from a local folder of PNGs through maskvq_jax/datasets/image_folder (build once:
+`python -m maskvq_jax.datasets.build --name ffhq --folder /data/ffhq --data_dir ~/tensorflow_datasets`).
+Augmentation follows the authors' FFHQ loader: RandomResizedCrop(scale 0.75-1, square) + flip.
+The authors released no FFHQ config; epochs/keep ratio here are ours (UNVERIFIED vs the paper).
+
+  python -m maskvq_jax.main --config configs/mqvae_ffhq256.py --workdir gs://bucket/mqvae_ffhq
+  python -m maskvq_jax.main --config configs/mqvae_ffhq256.py:keep=0.25 --workdir ...
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, keep=0.30, scorer="conv", dense=False, batch=256, runlocal=False,
+                         rules="dp", folder="")
+  c = common.stage1_base(keep=arg.keep, scorer=arg.scorer, dense=arg.dense, batch=arg.batch, res=256)
+  c.input.update(name="image_folder/ffhq", source="tfds", split="train", num_train_examples=60_000,
+                 augment="rrc_flip", folder=arg.folder)
+  c.eval.split = "validation"
+  c.total_epochs = 100.0
+  c.sharding_rules = arg.rules
+  if arg.runlocal:
+    common.runlocal(c)
+  return c

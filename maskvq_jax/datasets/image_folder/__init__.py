@@ -1,0 +1,1 @@
+"""TFDS builder for local image folders (FFHQ with the taming split, or any folder)."""

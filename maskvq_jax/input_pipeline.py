@@ -1,0 +1,193 @@
+"""Input pipelines: TFDS/procedural sources -> grain -> global jax.Arrays (uint8 on the wire).
+
+Why grain: random access plus a checkpointable iterator position, so a restarted run continues
+with exactly the batch it would have seen (the position is saved with every checkpoint).
+Each host reads its own part of the split (`tfds.split_for_jax_process`, or an index range for the
+procedural source) and `jax.make_array_from_process_local_data` assembles the global batch with
+the same sharding the model's "batch" axis uses. Images stay uint8 until the jitted step.
+
+Augmentations follow the authors: ImageNet `crop_flip` (short-side resize + random crop + flip),
+FFHQ `rrc_flip` (RandomResizedCrop scale 0.75-1, square, + flip), small procedural images `flip`.
+Evaluation: short-side resize + centre crop. Unreadable images are skipped and counted
+(`SKIPPED.value`), never fatal.
+"""
+import io
+import threading
+from typing import Any, Iterator, Optional
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from maskvq_jax.datasets.shapes import generate as shapes_gen
+
+
+class _Counter:
+  def __init__(self):
+    self.value, self._lock = 0, threading.Lock()
+
+  def add(self, n=1):
+    with self._lock:
+      self.value += n
+
+
+SKIPPED = _Counter()  # corrupt / undecodable images seen by this process
+
+
+# ------------------------------------------------------------------ sources
+def _host_range(n: int) -> tuple[int, int]:
+  per = n // jax.process_count()
+  return jax.process_index() * per, (jax.process_index() + 1) * per
+
+
+def get_source(inp, split: str, num_examples: Optional[int] = None):
+  """Random-access source of this host's part of `split` for the `config.input` block."""
+  if inp.source == "procedural":
+    if not inp.name.startswith("shapes"):
+      raise ValueError(f"source=procedural only supports shapes, got {inp.name!r}")
+    n = num_examples or inp.num_train_examples
+    start, stop = _host_range(n)
+    return shapes_gen.ShapesSource(inp.res, n, seed=inp.get("data_seed", 0), split=split,
+                                   start=start, stop=stop)
+  if inp.source != "tfds":
+    raise ValueError(f"unknown input.source {inp.source!r}; choose tfds or procedural")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
+  from maskvq_jax.datasets import registry  # pylint: disable=g-import-not-at-top
+  host_split = tfds.split_for_jax_process(split, drop_remainder=True)
+  decoders = {"image": tfds.decode.SkipDecoding()}  # we decode (and skip corrupt files) ourselves
+  b = registry.builder(inp.name, data_dir=inp.data_dir or None, folder=inp.get("folder", ""))
+  if b is None:
+    return tfds.data_source(inp.name, split=host_split, data_dir=inp.data_dir or None,
+                            decoders=decoders, download=False)
+  if not b.is_prepared():
+    if not inp.name.startswith("shapes"):
+      raise FileNotFoundError(f"{inp.name} is not built in {b.data_dir}; run python -m "
+                              f"maskvq_jax.datasets.build --name {inp.name} --folder <images>")
+    logging.info("building %s into %s (procedural, offline)", inp.name, b.data_dir)
+    b.download_and_prepare()
+  return b.as_data_source(split=host_split, decoders=decoders)
+
+
+# ------------------------------------------------------------------ preprocessing
+def _decode(x) -> Optional[np.ndarray]:
+  if isinstance(x, np.ndarray) and x.ndim == 3:
+    return x
+  try:
+    with Image.open(io.BytesIO(bytes(x))) as im:
+      return np.asarray(im.convert("RGB"))
+  except Exception as e:  # pylint: disable=broad-except  # skip and count, never fatal
+    SKIPPED.add()
+    logging.warning("skipping an undecodable image (%s); %d skipped", e, SKIPPED.value)
+    return None
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+  """Resizes HWC uint8 to (h, w) with PIL (bicubic, or nearest for masks)."""
+  if a.shape[:2] == size:
+    return a
+  squeeze = a.shape[-1] == 1
+  im = Image.fromarray(a[..., 0] if squeeze else a)
+  out = np.asarray(im.resize((size[1], size[0]),
+                             Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC))
+  return out[..., None] if squeeze else out
+
+
+def _short_side(a, res, nearest):
+  h, w = a.shape[:2]
+  s = res / min(h, w)
+  return _resize(a, (max(res, round(h * s)), max(res, round(w * s))), nearest)
+
+
+def _geometric(ex: dict, res: int, augment: str, rng: Optional[np.random.Generator]) -> dict:
+  """Applies the same crop/flip to "image" and (if present) "mask"."""
+  keys = [k for k in ("image", "mask") if k in ex]
+  out = {k: ex[k] for k in keys}
+  if augment == "rrc_flip" and rng is not None:
+    h, w = out["image"].shape[:2]
+    side = int(round(min(h, w) * np.sqrt(rng.uniform(0.75, 1.0))))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    out = {k: _resize(v[y:y + side, x:x + side], (res, res), k == "mask") for k, v in out.items()}
+  else:
+    out = {k: _short_side(v, res, k == "mask") for k, v in out.items()}
+    h, w = out["image"].shape[:2]
+    if augment == "crop_flip" and rng is not None:
+      y, x = rng.integers(0, h - res + 1), rng.integers(0, w - res + 1)
+    else:  # centre crop (eval, or augment="flip")
+      y, x = (h - res) // 2, (w - res) // 2
+    out = {k: v[y:y + res, x:x + res] for k, v in out.items()}
+  if rng is not None and augment in ("crop_flip", "rrc_flip", "flip") and rng.random() < 0.5:
+    out = {k: v[:, ::-1] for k, v in out.items()}
+  return {k: np.ascontiguousarray(v, np.uint8) for k, v in out.items()}
+
+
+def preprocess(ex: dict, rng: Optional[np.random.Generator], *, res: int, augment: str,
+               keep_mask: bool) -> Optional[dict]:
+  img = _decode(ex["image"])
+  if img is None:
+    return None
+  ex = {"image": img, **({"mask": np.asarray(ex["mask"])} if keep_mask and "mask" in ex else {})}
+  return _geometric(ex, res, augment if rng is not None else "none", rng)
+
+
+# ------------------------------------------------------------------ iterators
+class GlobalIterator:
+  """Wraps a grain iterator of host-local numpy batches; yields global jax.Arrays.
+
+  `get_state`/`set_state` expose the grain position (JSON-serialisable) for checkpoints.
+  """
+
+  def __init__(self, host_iter, sharding):
+    self._it, self._sharding = host_iter, sharding
+
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return self
+
+  def __next__(self):
+    b = next(self._it)
+    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in b.items()}
+
+  def get_state(self) -> dict:
+    return self._it.get_state()
+
+  def set_state(self, state: dict):
+    self._it.set_state(state)
+
+
+def _local_batch(global_bs: int) -> int:
+  if global_bs % jax.process_count():
+    raise ValueError(f"batch {global_bs} is not divisible by {jax.process_count()} processes")
+  return global_bs // jax.process_count()
+
+
+def train_iter(config, sharding) -> GlobalIterator:
+  """Infinite, shuffled (per epoch), augmented, deterministic-from-seed training batches."""
+  inp = config.input
+  seed = int(config.seed) + int(inp.get("seed_offset", 0))
+  src = get_source(inp, inp.split)
+  pre = lambda ex, rng: preprocess(ex, rng, res=inp.res, augment=inp.augment, keep_mask=False)
+  ds = (grain.MapDataset.source(src).seed(seed).shuffle().repeat().random_map(pre)
+        .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads,
+                                           prefetch_buffer_size=max(inp.prefetch, 1) * 8))
+        .batch(_local_batch(inp.batch_size), drop_remainder=True))
+  return GlobalIterator(iter(ds), sharding)
+
+
+def eval_iter(config, sharding) -> tuple[GlobalIterator, int]:
+  """(iterator, number of batches) over the held-out split: fixed order, no augmentation.
+
+  Batches carry "mask" (object masks) when the dataset has them (procedural shapes).
+  """
+  inp, ev = config.input, config.eval
+  src = get_source(inp, ev.split, num_examples=ev.num_examples)
+  local_bs = _local_batch(ev.batch_size)
+  n_batches = min(len(src), ev.num_examples // jax.process_count()) // local_bs
+  if n_batches < 1:
+    raise ValueError(f"eval split {ev.split!r} has {len(src)} examples on this host, fewer than "
+                     f"one batch of {local_bs}")
+  pre = lambda ex: preprocess(ex, None, res=inp.res, augment="none", keep_mask=True)
+  ds = (grain.MapDataset.source(src)[:n_batches * local_bs].map(pre)
+        .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads, prefetch_buffer_size=8))
+        .batch(local_bs, drop_remainder=True))
+  return GlobalIterator(iter(ds), sharding), n_batches

@@ -1,0 +1,130 @@
+"""The one place for mesh construction and sharding rules.
+
+Models annotate parameters with logical axis names (`nn.with_logical_partitioning`) and
+activations with `nn.with_logical_constraint`; this module maps those names to mesh axes through a
+preset chosen by `config.sharding_rules`. Train-state shardings are read off `jax.eval_shape` of
+the state constructor, and the input sharding comes from the same "batch" rule as the activations,
+so the first constraint inside the model never reshards the input.
+
+Meshes use `AxisType.Auto`: `jax.make_mesh` defaults to Explicit axes (jax >= 0.9), which turns
+Linen's logical constraints into hard assertions.
+"""
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+# Logical names used by the models: batch, embed, conv_in, conv_out, codebook, mlp, heads, vocab.
+# The batch always spans ("data", "fsdp") so every device holds distinct examples; with fsdp=1
+# that is plain data parallelism.
+_BATCH = ("batch", ("data", "fsdp"))
+RULES = {
+    "dp": (_BATCH, ("embed", None), ("conv_in", None), ("conv_out", None), ("codebook", None),
+           ("mlp", None), ("heads", None), ("vocab", None)),
+    "fsdp": (_BATCH, ("embed", "fsdp"), ("conv_in", None), ("conv_out", "fsdp"), ("codebook", None),
+             ("mlp", "fsdp"), ("heads", None), ("vocab", None)),
+    "fsdp_tp": (_BATCH, ("embed", "fsdp"), ("conv_in", None), ("conv_out", "fsdp"),
+                ("codebook", "model"), ("mlp", "model"), ("heads", "model"), ("vocab", "model")),
+}
+
+
+def get_rules(name: str):
+  if name not in RULES:
+    raise ValueError(f"unknown sharding_rules {name!r}; choose one of {sorted(RULES)}")
+  return RULES[name]
+
+
+def mesh_shape(mesh_cfg: Sequence[tuple[str, int]], num_devices: int) -> tuple[tuple[str, ...],
+                                                                               tuple[int, ...]]:
+  """Resolves `(("data", -1), ("fsdp", 2), ...)` against the device count (-1 fills, at most once).
+
+  Raises:
+    ValueError: more than one -1, non-positive sizes, or a product different from num_devices.
+  """
+  names = tuple(str(n) for n, _ in mesh_cfg)
+  sizes = [int(s) for _, s in mesh_cfg]
+  if len(set(names)) != len(names):
+    raise ValueError(f"mesh axis names repeat: {names}")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {tuple(mesh_cfg)}: at most one axis may be -1")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh {tuple(mesh_cfg)}: sizes must be positive or -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh {tuple(mesh_cfg)}: {num_devices} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh {dict(zip(names, sizes))} has {math.prod(sizes)} devices but "
+                     f"{num_devices} are available")
+  return names, tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  names, sizes = mesh_shape(mesh_cfg, len(devices))
+  return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+
+
+def batch_axes(mesh: jax.sharding.Mesh, rules) -> tuple[str, ...]:
+  """Mesh axes the batch dimension is split over (those of the "batch" rule present in the mesh)."""
+  axes = dict(rules)["batch"]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return tuple(a for a in axes if a in mesh.shape)
+
+
+def batch_size_divisor(mesh, rules) -> int:
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
+
+
+def batch_sharding(mesh, rules) -> NamedSharding:
+  """Sharding of a [B, ...] input: dimension 0 over the "batch" rule's mesh axes."""
+  return NamedSharding(mesh, P(batch_axes(mesh, rules) or None))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _fit(spec: P, shape, mesh) -> P:
+  """Drops mesh axes that do not divide their dimension (tiny or odd tensors stay replicated)."""
+  out = []
+  for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      out.append(None)
+      continue
+    group = (axes,) if isinstance(axes, str) else tuple(axes)
+    group = tuple(a for a in group if a in mesh.shape)
+    n = math.prod(mesh.shape[a] for a in group)
+    out.append((group if len(group) > 1 else group[0]) if group and shape[i] % n == 0 else None)
+  return P(*out)
+
+
+def tree_shardings(abstract_boxed: Any, mesh, rules) -> Any:
+  """Shardings for an (abstract, boxed) pytree; the result has the structure of the unboxed tree."""
+  specs = nn.get_partition_spec(abstract_boxed)
+  named = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  unboxed = nn.meta.unbox(abstract_boxed)
+  return jax.tree.map(lambda s, a: NamedSharding(mesh, _fit(s.spec, a.shape, mesh)), named, unboxed,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def state_shardings(create_fn, *args, mesh, rules):
+  """(abstract unboxed state, shardings) of `create_fn(*args)`, evaluated without allocation."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(create_fn, *args)
+  shardings = tree_shardings(abstract, mesh, rules)
+  unboxed = nn.meta.unbox(abstract)
+  abstract_sharded = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, shardings)
+  return abstract_sharded, shardings
+
+
+def spec_summary(shardings) -> dict[str, int]:
+  """Counts leaves per PartitionSpec string (for logs and tests)."""
+  out: dict[str, int] = {}
+  for s in jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
+    out[str(s.spec)] = out.get(str(s.spec), 0) + 1
+  return out

@@ -1,0 +1,14 @@
+"""Trainer registry: `config.trainer` -> module with `train(config, workdir)`.
+
+Modules are imported lazily so `main.py` only loads the trainer it runs (stage 2 adds
+"stackformer").
+"""
+import importlib
+
+TRAINERS = {"mqvae": "maskvq_jax.trainers.mqvae"}
+
+
+def get(name: str):
+  if name not in TRAINERS:
+    raise ValueError(f"unknown trainer {name!r}; registered: {sorted(TRAINERS)}")
+  return importlib.import_module(TRAINERS[name])

@@ -1,0 +1,426 @@
+"""Stage-1 trainer: MQ-VAE (or the dense VQGAN baseline) with LPIPS + PatchGAN, sharded with jit.
+
+One forward per batch. The generator forward is taken with `jax.vjp`; the reconstruction losses
+(L1 + LPIPS) and the discriminator's view of the reconstruction give cotangents at the
+reconstruction, and pulling them back gives (a) the two gradients at the decoder's last conv kernel
+that the VQGAN adaptive weight needs (XLA prunes everything else from those two pull-backs) and
+(b) the full generator gradient. The discriminator forward on the reconstruction is shared by the
+generator's GAN loss and the discriminator's hinge loss (magvit's trick), so a step costs one
+generator forward + backward, two discriminator forwards + backwards and one LPIPS forward +
+backward.
+
+Deliberate deviation from the authors' Lightning code: they run the whole model twice per batch
+(once per optimizer), so the EMA codebook and the scorer's BatchNorm statistics move twice per
+batch and the discriminator sees the reconstruction of the already-updated generator. We update
+them once (`ema_updates_per_step=1`, default). `ema_updates_per_step=2` reproduces the authors'
+behaviour with one extra no-grad forward of the updated generator whose reconstruction trains D.
+
+The EMA codebook update and dead-code restarts happen inside the model's "vq_stats" update; under
+jit the arrays are global, so counts already cover the whole (sharded) batch.
+"""
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Optional
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from maskvq_jax import checkpointing
+from maskvq_jax import input_pipeline
+from maskvq_jax import losses
+from maskvq_jax import lpips as lpips_lib
+from maskvq_jax import metrics as metrics_lib
+from maskvq_jax import sharding as sharding_lib
+from maskvq_jax import utils
+from maskvq_jax.models import mqvae as mqvae_lib
+from maskvq_jax.models.discriminator import NLayerDiscriminator
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN/Inf; raised before anything of that state is checkpointed."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # int32 scalar
+  params: Any              # {"g": generator, "d": discriminator}
+  opt_state: Any           # {"g": ..., "d": ...}
+  batch_stats: Any         # {"g": scorer BatchNorm (maybe {}), "d": discriminator BatchNorm}
+  vq_stats: Any            # EMA codebook: cluster_size_ema, embed_ema, codebook
+  ema_params: Any          # EMA of params["g"] for evaluation, or None
+  rng: jax.Array           # uint32 [2]; per step fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """Everything static the steps close over."""
+  cfg: ml_collections.ConfigDict
+  model: mqvae_lib.MQVAE
+  disc: NLayerDiscriminator
+  lpips: lpips_lib.LPIPS
+  tx_g: optax.GradientTransformation
+  tx_d: optax.GradientTransformation
+  lr_g: optax.Schedule
+  total_steps: int
+
+
+# ===================================================================== config checks
+def validate_config(config, num_devices: int):
+  """Rejects a bad config before anything is traced or compiled (ValueError naming the value)."""
+  names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
+  mesh = dict(zip(names, sizes))
+  rules = sharding_lib.get_rules(config.sharding_rules)
+  axes = dict(rules)["batch"]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  div = int(np.prod([mesh[a] for a in axes if a in mesh]))
+  for what, bs in (("input.batch_size", config.input.batch_size),
+                   ("eval.batch_size", config.eval.batch_size)):
+    if bs % div:
+      raise ValueError(f"{what}={bs} is not divisible by the data-parallel mesh axes "
+                       f"{[a for a in axes if a in mesh]} (size {div}) of mesh {mesh}")
+  for rule in dict(rules).values():
+    for a in ((rule,) if isinstance(rule, str) else tuple(rule or ())):
+      if a not in mesh:
+        raise ValueError(f"sharding_rules={config.sharding_rules!r} uses mesh axis {a!r} missing "
+                         f"from mesh {mesh}")
+  mqvae_lib.validate_mqvae_kwargs(**config.model.to_dict())
+  if config.model.resolution != config.input.res:
+    raise ValueError(f"model.resolution={config.model.resolution} != input.res={config.input.res}")
+  if config.compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype={config.compute_dtype!r}; choose one of {sorted(DTYPES)}")
+  losses.d_loss_fn(config.loss.disc_loss)
+  if config.ema_updates_per_step not in (1, 2):
+    raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
+  if not 0.0 <= config.param_ema < 1.0:
+    raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
+  if utils.total_steps(config) < 1:
+    raise ValueError("total_steps (or total_epochs) gives no training step")
+
+
+# ===================================================================== construction
+def build(config) -> Parts:
+  steps = utils.total_steps(config)
+  warm = utils.warmup_steps(config)
+  lr = utils.learning_rate(config)
+  lr_d = config.optim.disc_lr if config.optim.disc_lr > 0 else lr
+  sched_g = utils.schedule(config, lr, steps, warm)
+  sched_d = utils.schedule(config, lr_d, steps, warm)
+  adam = lambda s: optax.adam(s, b1=config.optim.b1, b2=config.optim.b2)
+  dtype = DTYPES[config.compute_dtype]
+  return Parts(cfg=config, model=mqvae_lib.MQVAE(**config.model.to_dict(), dtype=dtype),
+               disc=NLayerDiscriminator(ndf=config.disc.ndf, n_layers=config.disc.n_layers,
+                                        dtype=dtype),
+               lpips=lpips_lib.LPIPS("vgg16"), tx_g=adam(sched_g), tx_d=adam(sched_d), lr_g=sched_g,
+               total_steps=steps)
+
+
+def create_state(rng, parts: Parts) -> TrainState:
+  """Initial (boxed: logical sharding metadata) train state; used under eval_shape and jit."""
+  res, c_in = parts.cfg.model.resolution, parts.cfg.model.in_channels
+  x = jnp.zeros((2, res, res, c_in), jnp.float32)
+  k_g, k_d, k_vq, k_mask, k_state = jax.random.split(rng, 5)
+  vg = parts.model.init({"params": k_g, "vq_restart": k_vq, "mask": k_mask}, x, train=False)
+  vd = parts.disc.init(k_d, x, train=False)
+  params = {"g": vg["params"], "d": vd["params"]}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state={"g": parts.tx_g.init(params["g"]), "d": parts.tx_d.init(params["d"])},
+      batch_stats={"g": vg.get("batch_stats", {}), "d": vd["batch_stats"]},
+      vq_stats=vg["vq_stats"],
+      ema_params=jax.tree.map(jnp.copy, params["g"]) if parts.cfg.param_ema > 0 else None,
+      rng=k_state)
+
+
+def _last_layer(tree, path: str):
+  for k in path.split("/"):
+    tree = tree[k]
+  return tree
+
+
+# ===================================================================== steps
+def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
+  """One GAN step (one generator forward). Returns (new state, dict of float32 scalars)."""
+  cfg, model, disc = parts.cfg, parts.model, parts.disc
+  lc = cfg.loss
+  x = batch["image"].astype(jnp.float32) / 127.5 - 1.0               # [B, H, W, 3] in [-1, 1]
+  rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), 6)
+  df = jnp.where(state.step >= lc.disc_start, lc.disc_factor, 0.0).astype(jnp.float32)
+  d_loss_fn = losses.d_loss_fn(lc.disc_loss)
+
+  def gen_fwd(gp, bs_g, vq, keys):
+    (rec, aux), cols = model.apply(
+        {"params": gp, "batch_stats": bs_g, "vq_stats": vq}, x, train=True,
+        mutable=["batch_stats", "vq_stats"],
+        rngs={"vq_restart": keys[0], "mask": keys[1], "dropout": keys[2]})
+    return (rec.astype(jnp.float32), aux["qloss"].astype(jnp.float32)), (aux, cols)
+
+  def d_apply(dp, bs_d, img):
+    logits, cols = disc.apply({"params": dp, "batch_stats": bs_d}, img, train=True,
+                              mutable=["batch_stats"])
+    return logits, cols["batch_stats"]
+
+  # ---- generator forward (the only one) and reconstruction losses
+  (rec, qloss), vjp_g, (aux, cols_g) = jax.vjp(
+      lambda gp: gen_fwd(gp, state.batch_stats["g"], state.vq_stats, rngs[:3]),
+      state.params["g"], has_aux=True)
+
+  def nll_fn(r):
+    l1 = losses.l1(x, r)
+    p = (jnp.mean(parts.lpips(lpips_params, x, r)) if lc.perceptual_weight > 0
+         else jnp.zeros((), jnp.float32))
+    return lc.pixel_weight * l1 + lc.perceptual_weight * p, (l1, p)
+
+  (nll, (l1, p_loss)), ct_nll = jax.value_and_grad(nll_fn, has_aux=True)(rec)
+  if cfg.get("debug_inject_nan_step", -1) >= 0:  # fault injection for the NaN guard's test
+    nll = nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
+    ct_nll = ct_nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
+
+  # ---- discriminator: real first (BatchNorm order as in the authors' D step), then fake
+  dp = state.params["d"]
+  logits_real, vjp_real, bs_d = jax.vjp(lambda p: d_apply(p, state.batch_stats["d"], x), dp,
+                                        has_aux=True)
+  logits_fake, vjp_fake, bs_d = jax.vjp(lambda p, r: d_apply(p, bs_d, r), dp, rec, has_aux=True)
+  g_gan, ct_logits = jax.value_and_grad(losses.generator_loss)(logits_fake)
+  ct_gan = vjp_fake(ct_logits)[1]                                     # d g_gan / d rec
+
+  # ---- adaptive weight from gradients at the decoder's last kernel (pruned pull-backs)
+  zero_q = jnp.zeros_like(qloss)
+  path = lc.get("last_layer", "decoder/conv_out/kernel")
+  g_last_nll = _last_layer(vjp_g((ct_nll, zero_q))[0], path)
+  g_last_gan = _last_layer(vjp_g((ct_gan, zero_q))[0], path)
+  d_weight = losses.adaptive_weight(g_last_nll, g_last_gan, disc_weight=lc.disc_weight,
+                                    max_weight=lc.disc_weight_max)
+  gan_scale = d_weight * df
+  (g_grads,) = vjp_g((ct_nll + gan_scale * ct_gan, jnp.full_like(qloss, lc.codebook_weight)))
+  loss_g = nll + gan_scale * g_gan + lc.codebook_weight * qloss
+
+  # ---- generator update
+  upd, opt_g = parts.tx_g.update(g_grads, state.opt_state["g"], state.params["g"])
+  new_g = optax.apply_updates(state.params["g"], upd)
+  bs_g, vq = cols_g.get("batch_stats", {}), cols_g["vq_stats"]
+
+  # ---- discriminator loss and update
+  if cfg.ema_updates_per_step == 2:  # authors: second forward with the updated generator
+    (rec2, _), (_, cols2) = gen_fwd(new_g, bs_g, vq, rngs[3:])
+    bs_g, vq = cols2.get("batch_stats", {}), cols2["vq_stats"]
+    logits_fake, vjp_fake, bs_d = jax.vjp(
+        lambda p: d_apply(p, bs_d, jax.lax.stop_gradient(rec2)), dp, has_aux=True)
+    unpack = lambda ct: vjp_fake(ct)[0]
+  else:
+    unpack = lambda ct: vjp_fake(ct)[0]
+  d_loss, (ct_real, ct_fake) = jax.value_and_grad(
+      lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
+  d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], unpack(ct_fake))
+  upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
+  new_d = optax.apply_updates(dp, upd_d)
+
+  ema = state.ema_params
+  if ema is not None:
+    dcy = cfg.param_ema
+    ema = jax.tree.map(lambda e, q: e * dcy + (1.0 - dcy) * q, ema, new_g)
+
+  new_state = state.replace(
+      step=state.step + 1, params={"g": new_g, "d": new_d}, opt_state={"g": opt_g, "d": opt_d},
+      batch_stats={"g": bs_g, "d": bs_d}, vq_stats=vq, ema_params=ema)
+  m = {
+      "loss/total_g": loss_g, "loss/nll": nll, "loss/l1": l1, "loss/lpips": p_loss,
+      "loss/commit": qloss, "loss/g_gan": g_gan, "loss/d": d_loss, "gan/d_weight": d_weight,
+      "gan/disc_factor": df, "gan/logits_real": jnp.mean(logits_real),
+      "gan/logits_fake": jnp.mean(logits_fake),
+      "codebook/perplexity": aux["perplexity"], "codebook/usage": aux["usage"],
+      "grad_norm/g": utils.tree_l2(g_grads), "grad_norm/d": utils.tree_l2(d_grads),
+      "grad_norm/g_last_nll": utils.tree_l2(g_last_nll),
+      "grad_norm/g_last_gan": utils.tree_l2(g_last_gan),
+      "param_norm/g": utils.tree_l2(new_g), "lr": parts.lr_g(state.step),
+  }
+  if not cfg.model.dense:
+    m.update(metrics_lib.score_stats(aux["scores"], aux["mask"]))
+  return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), m)
+
+
+def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
+  """Sums of reconstruction metrics, the code histogram, and (first batch) images to show."""
+  x = batch["image"].astype(jnp.float32) / 127.5 - 1.0
+  params = state.ema_params if state.ema_params is not None else state.params["g"]
+  rec, aux = parts.model.apply({"params": params, "batch_stats": state.batch_stats["g"],
+                                "vq_stats": state.vq_stats}, x, train=False)
+  rec = rec.astype(jnp.float32)
+  dist = parts.lpips(lpips_params, x, jnp.clip(rec, -1, 1)) if lpips_params is not None else None
+  sums = metrics_lib.reconstruction_sums(x, rec, lpips_dist=dist)
+  if "mask" in batch and not parts.cfg.model.dense:
+    sums.update(metrics_lib.object_coverage_sums(aux["mask"], batch["mask"]))
+  hist = metrics_lib.code_histogram(aux["codes"], parts.cfg.model.codebook_size)
+  return sums, hist, {"x": x, "rec": rec, "scores": aux["scores"], "mask": aux["mask"]}
+
+
+# ===================================================================== loop helpers
+class _Preemption:
+  """SIGTERM -> a flag checked after every step (the step finishes, is saved, the run returns)."""
+
+  def __init__(self):
+    self.flag, self._old = False, None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: saving a checkpoint after the current step", signum)
+    self.flag = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+
+def _check_finite(pending: list) -> list:
+  """Fetches pending per-step metrics; raises NonFiniteLossError naming the first bad step."""
+  fetched = jax.device_get(pending)
+  for step, m in fetched:
+    bad = sorted(k for k, v in m.items() if not np.isfinite(v))
+    if bad:
+      raise NonFiniteLossError(
+          f"non-finite values at step {step}: " + ", ".join(f"{k}={m[k]}" for k in bad) +
+          "; stopping without checkpointing this state")
+  return fetched
+
+
+def _run_meta(config, step, mesh) -> dict:
+  return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
+          "jax_version": jax.__version__, "num_devices": jax.device_count(),
+          "num_processes": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
+          "skipped_images": input_pipeline.SKIPPED.value}
+
+
+def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
+  it, n = input_pipeline.eval_iter(config, batch_sharding)
+  sums, hist, shown = None, None, None
+  for i in range(n):
+    s, h, vis = eval_fn(state, next(it), lpips_params)
+    sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+    hist = h if hist is None else hist + h
+    if i == 0:
+      shown = vis
+  sums, hist = jax.device_get((sums, hist))
+  return metrics_lib.finalize(dict(sums), np.asarray(hist)), jax.device_get(shown)
+
+
+# ===================================================================== train
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) stage 1 in `workdir`. Returns a summary dict (used by tests)."""
+  from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
+
+  validate_config(config, jax.device_count())
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.get_rules(config.sharding_rules)
+  parts = build(config)
+  total = parts.total_steps
+  logging.info("mesh %s, rules %s, %d steps", dict(mesh.shape), config.sharding_rules, total)
+
+  rng = jax.random.PRNGKey(config.seed)
+  create = functools.partial(create_state, parts=parts)
+  abstract, state_sh = sharding_lib.state_shardings(create, rng, mesh=mesh, rules=rules)
+  batch_sh = sharding_lib.batch_sharding(mesh, rules)
+  repl = sharding_lib.replicated(mesh)
+  logging.info("state shardings: %s", sharding_lib.spec_summary(state_sh))
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=config.ckpt_every_steps,
+      max_to_keep=config.max_to_keep, keep_every=config.keep_every_steps,
+      async_save=config.async_checkpointing)
+  data = input_pipeline.train_iter(config, batch_sh)
+
+  # ---- resume order: workdir -> config.resume -> scratch
+  restored = ckpt.restore_latest(abstract)
+  if restored is None and config.resume:
+    src = config.resume
+    src = os.path.join(src, "checkpoints") if os.path.isdir(os.path.join(src, "checkpoints")) else src
+    restored = checkpointing.Checkpointer(src, save_every=1, read_only=True).restore_latest(abstract)
+    logging.info("resuming from config.resume=%s: %s", src, restored and restored[0])
+  if restored is not None:
+    step0, state, _, data_state = restored
+    if data_state:
+      data.set_state(data_state)
+    logging.info("restored step %d", step0)
+  else:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+  first = int(jax.device_get(state.step))
+
+  lp_params = None
+  if config.loss.perceptual_weight > 0 or config.eval.get("lpips", True):
+    lp_params = jax.device_put(parts.lpips.load_params(), repl)
+  step_fn = jax.jit(functools.partial(train_step, parts=parts),
+                    in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                    donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
+                    in_shardings=(state_sh, batch_sh, repl))
+
+  writer = writers.Writer(workdir, total_steps=total, log_every=config.log_every_steps,
+                          profile=config.get("profile", False))
+  if first == 0 and config.get("param_overview", True):
+    writer.parameter_overview(state.params["g"], "generator")
+    writer.parameter_overview(state.params["d"], "discriminator")
+  writer.hparams({"num_params/g": utils.num_params(state.params["g"]),
+                  "num_params/d": utils.num_params(state.params["d"])})
+
+  stop_at = total
+  if config.get("run_steps", -1) > 0:  # stop this run early (with a checkpoint), e.g. time limits
+    stop_at = min(total, first + config.run_steps)
+  pending, last_metrics, last_eval, step = [], {}, {}, first
+  t0 = time.time()
+  try:
+    with _Preemption() as pre:
+      for step in range(first + 1, stop_at + 1):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+          state, m = step_fn(state, next(data), lp_params)
+        pending.append((step, m))
+        writer.tick(step)
+        preempted = pre.flag or ckpt.reached_preemption(step)
+        final = step == stop_at
+        save_now = ckpt.should_save(step) or preempted or final
+        if save_now or utils.itstime(step, config.log_every_steps, total):
+          fetched, pending = _check_finite(pending), []
+          last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
+          last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
+          writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+        if save_now:
+          ckpt.save(step, state, meta=_run_meta(config, step, mesh), data_state=data.get_state(),
+                    force=preempted or final)
+        if utils.itstime(step, config.eval.every_steps, total, last=final and not preempted):
+          with writer.timed("eval"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            last_eval, shown = evaluate(state, parts, eval_fn, config, batch_sh, lp_params)
+          writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+          if utils.itstime(step, config.eval.image_every_steps, total):
+            k = config.eval.num_images
+            writer.images(step, {"eval/recon": writers.recon_grid(
+                shown["x"][:k], shown["rec"][:k],
+                None if config.model.dense else shown["scores"][:k],
+                None if config.model.dense else shown["mask"][:k])})
+        if preempted:
+          logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
+          break
+  finally:
+    ckpt.close()
+    writer.close()
+  return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
+          "eval": last_eval, "seconds": time.time() - t0, "preempted": step < stop_at,
+          "state": state}

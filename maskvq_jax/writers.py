@@ -1,0 +1,103 @@
+"""The only module that imports CLU writers/periodic actions (they import TensorFlow).
+
+TensorBoard scalars and images, ReportProgress (steps/s, ETA), the parameter overview, and image
+grids written both to TensorBoard and as PNG files under `<workdir>/images/`. Non-zero processes
+only log.
+"""
+import os
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import jax
+import numpy as np
+from PIL import Image
+
+
+class Writer:
+  """Scalars, images and progress for one run."""
+
+  def __init__(self, workdir: str, *, total_steps: int, log_every: int, profile: bool = False):
+    self.workdir = workdir
+    self.is_main = jax.process_index() == 0
+    self.w = metric_writers.create_default_writer(workdir, just_logging=not self.is_main,
+                                                  asynchronous=True)
+    self.hooks = []
+    if self.is_main:
+      self.hooks.append(periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.w,
+                                                        every_steps=log_every))
+      if profile:
+        self.hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
+                                                   profile_duration_ms=None, every_secs=None))
+
+  def tick(self, step: int):
+    for h in self.hooks:
+      h(step)
+
+  def timed(self, name: str):
+    """Context manager that excludes e.g. evaluation time from the steps/s report."""
+    return self.hooks[0].timed(name) if self.hooks else _Null()
+
+  def scalars(self, step: int, values: dict):
+    self.w.write_scalars(step, {k: float(v) for k, v in values.items()})
+
+  def hparams(self, values: dict):
+    self.w.write_hparams(values)
+
+  def images(self, step: int, images: dict):
+    """images: name -> uint8 [H, W, C]; also saved as <workdir>/images/<name>_<step>.png."""
+    self.w.write_images(step, {k: v[None] for k, v in images.items()})
+    if self.is_main:
+      d = os.path.join(self.workdir, "images")
+      os.makedirs(d, exist_ok=True)
+      for k, v in images.items():
+        Image.fromarray(v).save(os.path.join(d, f"{k.replace('/', '_')}_{step:08d}.png"))
+
+  def parameter_overview(self, params, name: str):
+    if self.is_main:
+      logging.info("%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params))
+
+  def flush(self):
+    self.w.flush()
+
+  def close(self):
+    self.w.flush()
+    self.w.close()
+
+
+class _Null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def _heat(v: np.ndarray) -> np.ndarray:
+  """[...] in [0, 1] -> uint8 RGB (a small blue-green-yellow-red ramp)."""
+  stops = np.array([[0, 0, 128], [0, 160, 255], [60, 220, 60], [255, 230, 0], [220, 20, 20]], np.float32)
+  t = np.clip(v, 0, 1) * (len(stops) - 1)
+  i = np.minimum(t.astype(int), len(stops) - 2)
+  f = (t - i)[..., None]
+  return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
+
+
+def recon_grid(x, rec, scores=None, mask=None) -> np.ndarray:
+  """Rows per example: input | reconstruction | score heat map | kept-region overlay.
+
+  x, rec: [B, H, W, 3] in [-1, 1]; scores, mask: [B, N] on a g x g grid (raster order).
+  """
+  to8 = lambda a: np.clip(np.rint((np.asarray(a, np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)
+  x, rec = to8(x), to8(rec)
+  b, h, w, _ = x.shape
+  cols = [x, rec]
+  if scores is not None and mask is not None:
+    g = int(round(scores.shape[1] ** 0.5))
+    up = lambda a: np.repeat(np.repeat(np.asarray(a, np.float32).reshape(b, g, g), h // g, 1), w // g, 2)
+    s = up(scores)
+    s = (s - s.min(axis=(1, 2), keepdims=True)) / np.maximum(np.ptp(s, axis=(1, 2), keepdims=True), 1e-6)
+    m = up(mask)[..., None]
+    cols += [_heat(s), (x * (0.25 + 0.75 * m)).astype(np.uint8)]
+  rows = np.concatenate(cols, axis=2)  # [B, H, W * ncols, 3]
+  return np.concatenate(list(rows), axis=0)
