@@ -179,10 +179,11 @@ def validate_stackformer_sampling(model: Stackformer, config: SamplerConfig, *, 
 
 # ----- Stackformer decode -----------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("model", "config", "batch_size", "return_logits"))
-def _sample_stackformer(params, rng, labels, text, text_mask, *, model: Stackformer,
-                        config: SamplerConfig, batch_size: int, return_logits: bool):
+def _sample_stackformer(params, rng, labels, text, text_mask, guidance_scale, *,
+                        model: Stackformer, config: SamplerConfig, batch_size: int,
+                        return_logits: bool):
   b, k = batch_size, config.steps
-  guided = config.guidance_scale is not None
+  guided = guidance_scale is not None
   b2 = 2 * b if guided else b
   n, offset, c = model.num_positions, model.code_offset, model.codebook_size
 
@@ -193,7 +194,7 @@ def _sample_stackformer(params, rng, labels, text, text_mask, *, model: Stackfor
     if not guided:
       return logits
     pair = logits.reshape(b, 2, -1)
-    return apply_guidance(pair[:, 0], pair[:, 1], config.guidance_scale)
+    return apply_guidance(pair[:, 0], pair[:, 1], guidance_scale)
 
   if model.n_classes:
     first = labels.astype(jnp.int32)
@@ -261,8 +262,12 @@ def sample(model: Stackformer, params, rng, config: SamplerConfig, *, labels=Non
   labels, text, text_mask = (None if a is None else jnp.asarray(a) for a in (labels, text, text_mask))
   b = validate_stackformer_sampling(model, config, labels=labels, text=text, text_mask=text_mask,
                                     batch_size=batch_size)
-  return _sample_stackformer(params, rng, labels, text, text_mask, model=model, config=config,
-                             batch_size=b, return_logits=return_logits)
+  # The guidance scale is traced, not static: sweeping it does not recompile.
+  scale = config.guidance_scale
+  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  static = dataclasses.replace(config, guidance_scale=None if scale is None else 1.0)
+  return _sample_stackformer(params, rng, labels, text, text_mask, scale, model=model,
+                             config=static, batch_size=b, return_logits=return_logits)
 
 
 # ----- Dense baseline decode --------------------------------------------------------------------

@@ -78,5 +78,5 @@ class DenseGPT(nn.Module):
 
   def step(self, cache: KVCache, codes, index):
     """codes [B, S] at sequence offset `index` -> (logits [B, S, V], new cache)."""
-    mask = causal_mask(codes.shape[1], cache[0]["k"].shape[1], index)
+    mask = causal_mask(codes.shape[1], cache[0]["k"].shape[2], index)
     return self._forward(codes, index, mask, train=False, cache=cache)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-KVCache = list  # One {"k": [B, L, H, Dh], "v": [B, L, H, Dh]} dict per layer.
+KVCache = list  # One {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer.
 Context = tuple  # Cross-attention inputs: (per-layer [(k, v)], mask [B, Lc] bool).
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -34,7 +34,10 @@ _ONES = nn.initializers.ones_init()
 _LN_EPS = 1e-5  # torch.nn.LayerNorm default.
 
 ACT_NAMES = ("batch", "length", "embed")
-CACHE_NAMES = ("batch", "length", "heads", "head_dim")
+# Cache layout [B, H, L, Dh] (heads before length): the per-step q.k^T and weights.v contractions
+# then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
+# (4x slower decode on CPU at L = 256).
+CACHE_NAMES = ("batch", "heads", "length", "head_dim")
 
 
 def _dense(features, names, *, use_bias=True, dtype=jnp.float32, name=None):
@@ -60,9 +63,9 @@ def causal_mask(q_len: int, k_len: int, offset=0) -> jax.Array:
 
 def init_kv_cache(n_layers: int, batch: int, length: int, n_heads: int, head_dim: int,
                   dtype: Dtype = jnp.float32) -> KVCache:
-  """Zero KV cache, one {"k", "v"} pair of [B, L, H, Dh] per layer (static shapes)."""
+  """Zero KV cache, one {"k", "v"} pair of [B, H, L, Dh] per layer (static shapes)."""
   def zeros():
-    return nn.with_logical_constraint(jnp.zeros((batch, length, n_heads, head_dim), dtype),
+    return nn.with_logical_constraint(jnp.zeros((batch, n_heads, length, head_dim), dtype),
                                       CACHE_NAMES)
   return [{"k": zeros(), "v": zeros()} for _ in range(n_layers)]
 
@@ -87,24 +90,25 @@ class Attention(nn.Module):
     self.attn_drop = nn.Dropout(self.attn_dropout)
     self.resid_drop = nn.Dropout(self.resid_dropout)
 
-  def _split(self, x):  # [B, S, D] -> [B, S, H, Dh]
-    return x.reshape(x.shape[:-1] + (self.n_heads, self.d_model // self.n_heads))
+  def _split(self, x):  # [B, S, D] -> [B, H, S, Dh]
+    x = x.reshape(x.shape[:-1] + (self.n_heads, self.d_model // self.n_heads))
+    return jnp.swapaxes(x, 1, 2)
 
   def q(self, x):
     return self._split(self.query(x))
 
   def kv(self, x):
-    """Keys and values of `x` [B, L, Din], each [B, L, H, Dh]."""
+    """Keys and values of `x` [B, L, Din], each [B, H, L, Dh]."""
     return self._split(self.key(x)), self._split(self.value(x))
 
   def attend(self, q, k, v, mask, *, train: bool):
-    """q [B, S, H, Dh], k/v [B, L, H, Dh], mask broadcastable to [B, H, S, L] -> [B, S, D]."""
+    """q [B, H, S, Dh], k/v [B, H, L, Dh], mask broadcastable to [B, H, S, L] -> [B, S, D]."""
     scale = 1.0 / np.sqrt(q.shape[-1])
-    logits = jnp.einsum("bshd,blhd->bhsl", q, k) * scale  # [B, H, S, L]
+    logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.attn_drop(weights, deterministic=not train)
-    y = jnp.einsum("bhsl,blhd->bshd", weights, v)  # [B, S, H, Dh]
+    y = jnp.einsum("bhsl,bhld->bshd", weights, v)  # [B, S, H, Dh]
     y = y.reshape(y.shape[:2] + (self.d_model,))
     return self.resid_drop(self.proj(y), deterministic=not train)
 
@@ -114,7 +118,7 @@ class Attention(nn.Module):
     k, v = self.kv(x)
     new_cache = None
     if cache is not None:
-      start = (0, index, 0, 0)
+      start = (0, 0, index, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       k = nn.with_logical_constraint(k, CACHE_NAMES)
@@ -371,7 +375,7 @@ class Stackformer(nn.Module):
     """
     s = codes.shape[1]
     x = self._code_input(codes, positions, index, s)
-    mask = causal_mask(s, cache[0]["k"].shape[1], index)
+    mask = causal_mask(s, cache[0]["k"].shape[2], index)
     h, new_cache = self._run(self.code_blocks, x, mask, train=False, caches=cache, index=index,
                              context=context)
     return self._code_logits(h), h, new_cache
@@ -384,7 +388,7 @@ class Stackformer(nn.Module):
     """
     s = next_codes.shape[1]
     w = nn.with_logical_constraint(hidden + self.value_emb(next_codes), ACT_NAMES)
-    mask = causal_mask(s, cache[0]["k"].shape[1], index)
+    mask = causal_mask(s, cache[0]["k"].shape[2], index)
     g, new_cache = self._run(self.position_blocks, w, mask, train=False, caches=cache,
                              index=index, context=context)
     return self._position_logits(g), new_cache
