@@ -1,0 +1,187 @@
+"""Finding and loading what to evaluate: tokenizer directories and trainer workdirs.
+
+Why one loader: ablations mix converted official tokenizers (`tokenizer_io` directories), our
+stage-1 workdirs (`<workdir>/checkpoints/<step>/{state, meta, data}`, `checkpointing.py`) and
+stage-2 workdirs. Evaluation needs only the frozen weights, so trainer checkpoints are read with a
+PARTIAL restore (generator params, scorer batch stats, EMA codebook; the EMA params when the run
+kept them), never the optimizer state or the discriminator.
+
+Layouts recognised by `describe(path)`:
+  * "tokenizer": a tokenizer_io directory (steps holding `variables` + `meta`), or
+    `<workdir>/tokenizer/` holding one;
+  * "stage1": `<workdir>/checkpoints/` whose meta.config.trainer == "mqvae";
+  * "stage2": `<workdir>/checkpoints/` whose meta.config.trainer is "stackformer" (see
+    `load_stage2` for the fields it expects).
+"""
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+STAGE2_TRAINERS = ("stackformer",)
+TOKENIZER_KEYS = ("tokenizer", "tokenizer_dir", "stage1_workdir")  # stage-2 config fields
+
+
+@dataclasses.dataclass
+class Located:
+  kind: str                       # "tokenizer" | "stage1" | "stage2"
+  path: str                       # the directory to restore from
+  step: int
+  meta: dict                      # the checkpoint's JSON meta
+
+
+def _steps(directory: str) -> list[int]:
+  """Committed step numbers (Orbax writes in-progress saves under non-numeric tmp names)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _read_json_meta(directory: str, step: int) -> dict:
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as mngr:
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+
+def describe(path: str, step: Optional[int] = None) -> Located:
+  """Works out what `path` holds (see the module docstring). Raises FileNotFoundError if none."""
+  path = os.path.abspath(os.path.expanduser(path))
+  for ckpt_dir in (os.path.join(path, "checkpoints"), path):
+    steps = _steps(ckpt_dir)
+    if not steps:
+      continue
+    s = steps[-1] if step is None else step
+    if s not in steps:
+      raise FileNotFoundError(f"step {s} not in {ckpt_dir} (have {steps})")
+    if os.path.isdir(os.path.join(ckpt_dir, str(s), "variables")):
+      return Located("tokenizer", ckpt_dir, s, _read_json_meta(ckpt_dir, s))
+    if os.path.isdir(os.path.join(ckpt_dir, str(s), "state")):
+      meta = _read_json_meta(ckpt_dir, s)
+      trainer = meta.get("config", {}).get("trainer")
+      if trainer == "mqvae":
+        return Located("stage1", ckpt_dir, s, meta)
+      if trainer in STAGE2_TRAINERS:
+        return Located("stage2", ckpt_dir, s, meta)
+      raise ValueError(f"{ckpt_dir} step {s}: unknown trainer {trainer!r} in its meta config")
+  tok = os.path.join(path, "tokenizer")
+  if os.path.isdir(tok):
+    return describe(tok, step)
+  raise FileNotFoundError(
+      f"{path} holds no tokenizer or trainer checkpoint (looked for <dir>/checkpoints/<step>/"
+      "state, <dir>/<step>/variables and <dir>/tokenizer/)")
+
+
+def _model_kwargs(d: dict) -> dict:
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "dtype"}
+
+
+def _single_device(tree):
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev), tree)
+
+
+def _partial_restore(directory: str, step: int, item: dict) -> dict:
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(directory, options=options) as mngr:
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+  return dict(out.state)
+
+
+def tokenizer_info(model, **extra) -> dict:
+  """The numbers an ablation table needs about a tokenizer."""
+  return {"keep_ratio": 1.0 if model.dense else float(model.keep_ratio),
+          "tokens_per_image": int(model.num_tokens), "grid": int(model.grid),
+          "grid_tokens": int(model.grid) ** 2, "codebook_size": int(model.codebook_size),
+          "resolution": int(model.resolution), "dense": bool(model.dense), **extra}
+
+
+def load_tokenizer(path: str, step: Optional[int] = None):
+  """(MQVAE, variables {"params", "batch_stats"?, "vq_stats"}, info) from any tokenizer layout.
+
+  For a stage-1 workdir, the EMA parameters are used when the run kept them (config.param_ema >
+  0), as in the trainer's eval; otherwise the generator parameters.
+  """
+  from maskvq_jax import convert  # pylint: disable=import-outside-toplevel
+  from maskvq_jax import tokenizer_io  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.models.mqvae import MQVAE  # pylint: disable=import-outside-toplevel
+  loc = describe(path, step)
+  if loc.kind == "stage2":
+    return load_tokenizer(stage2_tokenizer_path(loc), None)
+  if loc.kind == "tokenizer":
+    model, variables, meta = tokenizer_io.load_tokenizer(loc.path, loc.step)
+    return model, dict(variables), tokenizer_info(model, kind="tokenizer", step=loc.step,
+                                                  path=loc.path, source=meta.get("source"))
+  config = loc.meta["config"]
+  model = MQVAE(**_model_kwargs(config["model"]))
+  abstract = _single_device(convert.abstract_variables(model))
+  use_ema = float(config.get("param_ema", 0.0) or 0.0) > 0
+  item: dict[str, Any] = {"vq_stats": abstract["vq_stats"]}
+  item["ema_params" if use_ema else "params"] = (
+      abstract["params"] if use_ema else {"g": abstract["params"]})
+  if "batch_stats" in abstract:
+    item["batch_stats"] = {"g": abstract["batch_stats"]}
+  state = _partial_restore(loc.path, loc.step, item)
+  variables = {"params": state["ema_params"] if use_ema else state["params"]["g"],
+               "vq_stats": state["vq_stats"]}
+  if "batch_stats" in abstract:
+    variables["batch_stats"] = state["batch_stats"]["g"]
+  return model, variables, tokenizer_info(model, kind="stage1", step=loc.step, path=loc.path,
+                                          ema_params=use_ema)
+
+
+def dataset_defaults(loc: Located) -> Optional[dict]:
+  """Evaluation dataset fields from a trainer workdir's config (None for tokenizer dirs)."""
+  config = loc.meta.get("config")
+  if not config or "input" not in config:
+    return None
+  inp, ev = config["input"], config.get("eval", {})
+  return {"name": inp.get("name"), "source": inp.get("source", "tfds"),
+          "split": ev.get("split", "validation"), "res": inp.get("res"),
+          "data_dir": inp.get("data_dir", ""), "folder": inp.get("folder", ""),
+          "data_seed": inp.get("data_seed", 0), "num_examples": ev.get("num_examples", -1)}
+
+
+# ----- stage 2 -----------------------------------------------------------------------------------
+def stage2_tokenizer_path(loc: Located) -> str:
+  config = loc.meta.get("config", {})
+  for k in TOKENIZER_KEYS:
+    v = config.get(k)
+    if isinstance(v, str) and v:
+      return v
+  raise ValueError(f"stage-2 checkpoint {loc.path} step {loc.step}: its meta config names no "
+                   f"tokenizer (expected one of the fields {list(TOKENIZER_KEYS)})")
+
+
+def load_stage2(path: str, step: Optional[int] = None):
+  """(Stackformer, {"params": ...}, info) of a stage-2 workdir.
+
+  Expected layout (to be confirmed by the stage-2 trainer): `<workdir>/checkpoints/<step>/` with
+  `meta.config.trainer == "stackformer"`, `meta.config.model` = Stackformer kwargs, a tokenizer
+  path in one of `TOKENIZER_KEYS`, and `state.params` (or `state.ema_params` when
+  config.param_ema > 0) = the Stackformer's "params" collection.
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=import-outside-toplevel
+  loc = describe(path, step)
+  if loc.kind != "stage2":
+    raise ValueError(f"{path} is a {loc.kind} directory, not a stage-2 (Stackformer) workdir")
+  config = loc.meta["config"]
+  if "model" not in config:
+    raise ValueError(f"stage-2 checkpoint {loc.path}: meta config has no 'model' (Stackformer "
+                     "kwargs)")
+  model = Stackformer(**_model_kwargs(config["model"]))
+  tok = jnp.zeros((1, 2), jnp.int32)
+  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), tok, tok, tok)))
+  use_ema = float(config.get("param_ema", 0.0) or 0.0) > 0
+  key = "ema_params" if use_ema else "params"
+  state = _partial_restore(loc.path, loc.step, {key: _single_device(abstract["params"])})
+  info = {"kind": "stage2", "step": loc.step, "path": loc.path,
+          "tokenizer": stage2_tokenizer_path(loc), "n_classes": int(model.n_classes),
+          "text_dim": int(model.text_dim)}
+  return model, {"params": state[key]}, info

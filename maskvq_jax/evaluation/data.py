@@ -1,0 +1,223 @@
+"""Evaluation image sources: a dataset split, a folder of PNGs, or an .npz of uint8 samples.
+
+Why not the training pipeline's `eval_iter`: it drops the remainder (whole batches only, equal
+shares per host) because the trainer's periodic eval just needs a stable subset. Reported metrics
+must instead see every example of the split exactly once, so here each host takes a contiguous,
+non-dropping share (`features.host_range`) of a random-access source and yields batches whose last
+one may be short; `features.BatchRunner` pads it and drops the padding again.
+
+Preprocessing of dataset images reuses `input_pipeline.preprocess` (decode, short-side resize,
+centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw.
+"""
+import dataclasses
+import glob
+import os
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from PIL import Image
+
+from maskvq_jax.evaluation import features
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Where evaluation images come from (a TFDS/procedural dataset split)."""
+  name: str                        # TFDS name, "shapes/<cfg>" or "image_folder/<cfg>"
+  split: str = "validation"
+  source: str = "tfds"             # "tfds" or "procedural" (shapes generated on the fly)
+  res: int = 256
+  num_examples: int = -1           # -1: the whole split (required > 0 for procedural)
+  data_dir: str = ""
+  folder: str = ""
+  data_seed: int = 0
+
+  def key(self) -> str:
+    """A filesystem-safe identifier (used for reference-statistics cache files)."""
+    raw = f"{self.source}_{self.name}_{self.split}_r{self.res}_n{self.num_examples}"
+    if self.source == "procedural":
+      raw += f"_seed{self.data_seed}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+
+
+class _Slice:
+  """Random access to source[start:stop]."""
+
+  def __init__(self, src, start: int, stop: int):
+    self.src, self.start, self.stop = src, start, stop
+
+  def __len__(self):
+    return self.stop - self.start
+
+  def __getitem__(self, i):
+    return self.src[self.start + i]
+
+
+def _hide_accelerators_from_tf():
+  """TFDS imports TensorFlow; keep it off the GPUs/TPUs JAX is using."""
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except Exception:  # pylint: disable=broad-except  # TF absent, no such device type, or set
+    pass
+
+
+def dataset_source(spec: DatasetSpec):
+  """(random-access source over the WHOLE split (or its first num_examples), its length)."""
+  if spec.source == "procedural":
+    if not spec.name.startswith("shapes"):
+      raise ValueError(f"source=procedural only supports shapes datasets, got {spec.name!r}")
+    if spec.num_examples <= 0:
+      raise ValueError("source=procedural needs num_examples > 0 (the split is generated)")
+    from maskvq_jax.datasets.shapes import generate  # pylint: disable=import-outside-toplevel
+    src = generate.ShapesSource(spec.res, spec.num_examples, seed=spec.data_seed, split=spec.split)
+    return src, len(src)
+  if spec.source != "tfds":
+    raise ValueError(f"unknown dataset source {spec.source!r}; choose tfds or procedural")
+  _hide_accelerators_from_tf()
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # heavy
+  from maskvq_jax.datasets import registry  # pylint: disable=import-outside-toplevel
+  decoders = {"image": tfds.decode.SkipDecoding()}
+  b = registry.builder(spec.name, data_dir=spec.data_dir or None, folder=spec.folder)
+  if b is None:
+    src = tfds.data_source(spec.name, split=spec.split, data_dir=spec.data_dir or None,
+                           decoders=decoders, download=False)
+  else:
+    if not b.is_prepared():
+      if not spec.name.startswith("shapes"):
+        raise FileNotFoundError(f"{spec.name} is not built in {b.data_dir}; run python -m "
+                                f"maskvq_jax.datasets.build --name {spec.name} --folder <images>")
+      b.download_and_prepare()
+    src = b.as_data_source(split=spec.split, decoders=decoders)
+  n = len(src) if spec.num_examples <= 0 else min(len(src), spec.num_examples)
+  if n < 1:
+    raise ValueError(f"{spec.name} split {spec.split!r} is empty")
+  return src, n
+
+
+def _preprocess(ex: dict, res: int) -> dict:
+  from maskvq_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  out = input_pipeline.preprocess(ex, None, res=res, augment="none", keep_mask=True)
+  if out is None:
+    raise ValueError("an evaluation image cannot be decoded; metrics must see every example, "
+                     "so fix or remove it from the split (see the warning above for details)")
+  return out
+
+
+# ----- samples -----------------------------------------------------------------------------------
+class _ArraySource:
+  def __init__(self, images: np.ndarray):
+    self.images = images
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i]}
+
+
+class _FolderSource:
+  def __init__(self, paths: list[str]):
+    self.paths = paths
+    first = self._load(0)
+    self.shape = first.shape
+
+  def _load(self, i):
+    with Image.open(self.paths[i]) as im:
+      return np.asarray(im.convert("RGB"), np.uint8)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    a = self._load(i)
+    if a.shape != self.shape:
+      raise ValueError(f"sample {self.paths[i]} has shape {a.shape}, but {self.paths[0]} has "
+                       f"{self.shape}: all samples must have one size")
+    return {"image": a}
+
+
+def load_npz_images(path: str) -> np.ndarray:
+  """uint8 [N, H, W, 3] from an .npz (key "images", "samples", "arr_0", or its only array)."""
+  with np.load(path) as z:
+    for k in ("images", "samples", "arr_0"):
+      if k in z.files:
+        a = z[k]
+        break
+    else:
+      if len(z.files) != 1:
+        raise ValueError(f"{path}: cannot tell which array holds the images; name it 'images' "
+                         f"(found keys {sorted(z.files)})")
+      a = z[z.files[0]]
+  if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+    raise ValueError(f"{path}: samples must be uint8 [N, H, W, 3], got {a.dtype} {a.shape}")
+  return a
+
+
+def samples_source(path: str):
+  """(random-access source of {"image": uint8 HWC}, N) for a PNG/JPEG folder or an .npz file."""
+  if os.path.isdir(path):
+    paths = sorted(p for p in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+      raise FileNotFoundError(f"--samples folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} "
+                              "images")
+    src = _FolderSource(paths)
+  elif os.path.isfile(path) and path.endswith(".npz"):
+    src = _ArraySource(load_npz_images(path))
+  else:
+    raise FileNotFoundError(f"--samples must be a folder of images or an .npz file, got {path}")
+  return src, len(src)
+
+
+def array_source(images: np.ndarray):
+  """Random-access source over in-memory uint8 images [N, H, W, 3] (e.g. fresh samples)."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+  return _ArraySource(images), len(images)
+
+
+# ----- host batches ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class HostShard:
+  """This host's part of a source: iterate `batches()`; `start` is its first global index."""
+  source: Any
+  total: int
+  start: int
+  stop: int
+  local_batch_size: int
+  res: Optional[int] = None  # dataset images: centre-crop/resize to res; None: use as is
+  keep_mask: bool = True
+  num_threads: int = 8
+
+  @property
+  def num_local(self) -> int:
+    return self.stop - self.start
+
+  def batches(self) -> Iterator[dict[str, np.ndarray]]:
+    import grain  # pylint: disable=import-outside-toplevel
+    res, keep_mask = self.res, self.keep_mask
+
+    def pre(ex):
+      out = _preprocess(ex, res) if res is not None else {"image": np.asarray(ex["image"])}
+      if not keep_mask:
+        out.pop("mask", None)
+      return out
+
+    if self.num_local == 0:
+      return iter(())
+    ds = (grain.MapDataset.source(_Slice(self.source, self.start, self.stop)).map(pre)
+          .to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
+                                             prefetch_buffer_size=4 * self.local_batch_size))
+          .batch(self.local_batch_size, drop_remainder=False))
+    return iter(ds)
+
+
+def host_shard(source, total: int, local_batch_size: int, **kwargs) -> HostShard:
+  start, stop = features.host_range(total)
+  return HostShard(source, total, start, stop, local_batch_size, **kwargs)
+
