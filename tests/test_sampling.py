@@ -180,6 +180,21 @@ def test_text_guidance():
   assert np.abs(strong.code_logits[:, 0] - plain.code_logits[:, 0]).max() > 1e-3
 
 
+def test_bf16_decode_weights(uncond):
+  model, params = uncond
+  cfg = SamplerConfig(steps=6, greedy=True)
+  ref = sampling.sample(model, params, jax.random.key(0), cfg, batch_size=2, return_logits=True)
+  out = sampling.sample(model, params, jax.random.key(0),
+                        dataclasses.replace(cfg, weight_dtype="bfloat16"), batch_size=2,
+                        return_logits=True)
+  scale = float(jnp.abs(ref.code_logits[:, 0]).max())
+  np.testing.assert_allclose(out.code_logits[:, 0], ref.code_logits[:, 0], atol=0.03 * scale)
+  cast = sampling.decode_params(params, jnp.float32, "bfloat16")["params"]
+  assert cast["code_blocks_0"]["mlp_fc"]["kernel"].dtype == jnp.bfloat16
+  assert cast["code_blocks_0"]["mlp_fc"]["bias"].dtype == jnp.float32
+  assert cast["value_emb"]["embedding"].dtype == jnp.float32
+
+
 def test_sharded_sampling_matches_single_device(cls):
   model, params = cls
   mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
@@ -228,6 +243,7 @@ def test_dense_sampler():
     (SamplerConfig(steps=3, guidance_scale=2.0), {}, "guidance_scale"),
     (SamplerConfig(steps=3), {"batch_size": None}, "batch size"),
     (SamplerConfig(steps=3), {"labels": np.zeros(2, np.int32)}, "labels"),
+    (SamplerConfig(steps=3, weight_dtype="int8"), {}, "weight_dtype"),
 ])
 def test_bad_settings_raise(uncond, cfg, kwargs, match):
   model, params = uncond

@@ -40,11 +40,35 @@ ACT_NAMES = ("batch", "length", "embed")
 CACHE_NAMES = ("batch", "heads", "length", "head_dim")
 
 
+def _promote_keep_kernel(inputs, kernel, bias, *, dtype=None):
+  """Flax's promote_dtype, except that a lower-precision (e.g. bf16 decode) kernel stays as is.
+
+  Decoding one token at a time is bound by reading the weights; `sampling` can hand the model
+  bf16 kernels (half the bytes) while activations stay in `dtype`. Casting the kernel back up
+  here would re-read and re-write it at every step.
+  """
+  inputs, bias = nn.dtypes.promote_dtype(inputs, bias, dtype=dtype)
+  if jnp.finfo(kernel.dtype).bits >= jnp.finfo(inputs.dtype).bits:
+    kernel = kernel.astype(inputs.dtype)
+  return inputs, kernel, bias
+
+
+def _mixed_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """dot_general; with a lower-precision rhs (kernel), multiplies in its dtype and accumulates
+  in the lhs dtype. With equal dtypes it is exactly lax.dot_general."""
+  if lhs.dtype == rhs.dtype:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  return jax.lax.dot_general(lhs.astype(rhs.dtype), rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=lhs.dtype)
+
+
 def _dense(features, names, *, use_bias=True, dtype=jnp.float32, name=None):
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(_INIT, names),
-      bias_init=nn.with_logical_partitioning(_ZEROS, names[-1:]))
+      bias_init=nn.with_logical_partitioning(_ZEROS, names[-1:]),
+      promote_dtype=_promote_keep_kernel, dot_general=_mixed_dot)
 
 
 def _layer_norm(dtype, name=None):
@@ -239,6 +263,9 @@ class Stackformer(nn.Module):
   def setup(self):
     if self.d_model % self.n_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    if self.code_layers < 1 or self.position_layers < 1:
+      raise ValueError(f"need >= 1 layer per transformer, got code_layers={self.code_layers}, "
+                       f"position_layers={self.position_layers}")
     if self.null_class and not self.n_classes:
       raise ValueError("null_class=True needs n_classes > 0")
     if self.codebook_size < 1:
