@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   smp.add_argument("--position_top_k", type=int, default=None)
   smp.add_argument("--position_top_p", type=float, default=None)
   smp.add_argument("--guidance_scale", type=float, default=None)
+  smp.add_argument("--sample_weight_dtype", default=None,
+                   help="e.g. bfloat16: decode-time matmul weights (see sampling.SamplerConfig)")
   smp.add_argument("--save_samples", default=None, help="write the drawn samples to this .npz")
   out = p.add_argument_group("run and output")
   out.add_argument("--batch_size", type=int, default=0,
@@ -299,7 +301,7 @@ def run(args) -> dict:
           steps=tok_model.num_tokens, temperature=args.temperature, top_k=args.top_k,
           top_p=args.top_p, position_temperature=args.position_temperature,
           position_top_k=args.position_top_k, position_top_p=args.position_top_p,
-          guidance_scale=args.guidance_scale)
+          guidance_scale=args.guidance_scale, weight_dtype=args.sample_weight_dtype)
       bs = args.sample_batch_size or 16 * jax.device_count()
       images, timing = generate.sample_images(
           sf_model, sf_vars, tok_model, tok_vars, cfg, num_images=args.num_samples,

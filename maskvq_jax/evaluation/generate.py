@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from maskvq_jax import sampling
+from maskvq_jax import sharding as sharding_lib
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import recon
 
@@ -58,7 +59,9 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
   mesh = features.data_mesh() if mesh is None else mesh
   if batch_size % mesh.size:
     raise ValueError(f"batch_size={batch_size} must be a multiple of the {mesh.size} devices")
-  rules = (("batch", "data"),)
+  # the "dp" preset with the batch on this mesh's single "data" axis, everything else replicated
+  rules = tuple(("batch", "data") if name == "batch" else (name, None)
+                for name, _ in sharding_lib.RULES["dp"])
   batch_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   sf_vars = jax.device_put(stackformer_variables, repl)
   tok_vars = jax.device_put(tokenizer_variables, repl)
