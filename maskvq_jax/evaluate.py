@@ -30,7 +30,24 @@ import sys
 import time
 from typing import Optional
 
+import jax
 import numpy as np
+
+from maskvq_jax import sampling
+from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.evaluation import codebook
+from maskvq_jax.evaluation import data
+from maskvq_jax.evaluation import features
+from maskvq_jax.evaluation import fid
+from maskvq_jax.evaluation import generate
+from maskvq_jax.evaluation import inception_score
+from maskvq_jax.evaluation import mask_analysis
+from maskvq_jax.evaluation import prec_recall
+from maskvq_jax.evaluation import recon
+from maskvq_jax.evaluation import reference
+from maskvq_jax.evaluation import report as report_lib
+from maskvq_jax.evaluation.progress import Progress
+from maskvq_jax.tools import fetch_weights
 
 SAMPLE_METRICS = ("fid", "is", "pr")
 TOKENIZER_METRICS = ("rfid", "psnr", "ssim", "lpips", "usage", "mask")
@@ -103,7 +120,6 @@ def parse_metrics(text: str) -> list[str]:
 
 def _batch(args, n: int) -> int:
   """Global batch: --batch_size, else 32 per device, shrunk (in whole device rows) for small n."""
-  import jax  # pylint: disable=import-outside-toplevel
   d = jax.device_count()
   if args.batch_size:
     return args.batch_size
@@ -112,13 +128,14 @@ def _batch(args, n: int) -> int:
 
 def _dataset_spec(args, loc, res_default: Optional[int]):
   """DatasetSpec from flags, falling back to the workdir's config; None if no dataset named."""
-  from maskvq_jax.evaluation import checkpoints, data  # pylint: disable=import-outside-toplevel
   cfg = (checkpoints.dataset_defaults(loc) if loc is not None else None) or {}
+  if args.dataset and args.dataset != cfg.get("name"):
+    cfg = {}  # another dataset than the run's: none of its config applies
   name = args.dataset or cfg.get("name")
   if not name:
     return None
-  source = args.source or (cfg.get("source") if not args.dataset else None) or (
-      "procedural" if name.startswith("shapes") and args.data_dir is None else "tfds")
+  source = args.source or cfg.get("source") or (
+      "procedural" if name.startswith("shapes") and not args.data_dir else "tfds")
   n = args.num_examples
   if n is None:
     n = int(cfg.get("num_examples", -1)) if source == "procedural" else -1
@@ -131,17 +148,12 @@ def _dataset_spec(args, loc, res_default: Optional[int]):
 
 
 def _inception():
-  from maskvq_jax.tools import fetch_weights  # pylint: disable=import-outside-toplevel
   return fetch_weights.inception_params()
 
 
 # ----- passes ------------------------------------------------------------------------------------
 def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   """Reconstructs the split once; fills stage-1 metrics into `report`. Returns pool3 of reals."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from maskvq_jax.evaluation import (codebook, data, features, fid,  # pylint: disable=import-outside-toplevel
-                                     mask_analysis, recon, reference)
-  from maskvq_jax.evaluation.progress import Progress  # pylint: disable=import-outside-toplevel
   want = {m for m in metrics if m in TOKENIZER_METRICS}
   if spec.res != model.resolution:
     raise ValueError(f"dataset res={spec.res} != tokenizer resolution={model.resolution}; pass "
@@ -151,7 +163,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   if "rfid" in want:
     params["inception"] = _inception()
   if "lpips" in want:
-    from maskvq_jax import lpips as lpips_lib  # pylint: disable=import-outside-toplevel
+    from maskvq_jax import lpips as lpips_lib  # pylint: disable=import-outside-toplevel  # lazy
     lpips_module = lpips_lib.LPIPS("vgg16")
     params["lpips"] = lpips_module.load_params()
   src, n = data.dataset_source(spec)
@@ -188,8 +200,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
                                "kept_fraction")
       if jax.process_index() == 0 and args.num_figures > 0:
         k = min(args.num_figures, len(out["index"]))
-        first = [data._preprocess(src[i], spec.res)["image"]  # pylint: disable=protected-access
-                 for i in out["index"][:k]]
+        first = [data.preprocess_example(src[i], spec.res)["image"] for i in out["index"][:k]]
         report["files"]["mask_figures"] = mask_analysis.save_figures(
             np.stack(first), out["scores"][:k], out["mask"][:k], figures_dir,
             max_examples=k)["grid"]
@@ -198,8 +209,6 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
 
 def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
   """Embeds the samples once; fills fid / is / precision / recall into `report`."""
-  from maskvq_jax.evaluation import (fid, inception_score,  # pylint: disable=import-outside-toplevel
-                                     prec_recall, reference)
   inc = _inception()
   t0 = time.perf_counter()
   pool3 = reference.compute_pool3(images_source, n, inc, global_batch_size=_batch(args, n),
@@ -247,7 +256,6 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
 def run(args) -> dict:
   """Runs the evaluation described by parsed `args`; returns the report (also written)."""
   metrics = parse_metrics(args.metrics)
-  from maskvq_jax.evaluation import inception_score  # pylint: disable=import-outside-toplevel
   if "is" in metrics:  # fail before any expensive work
     inception_score.load_head(inception_score.require_head(args.inception_logits_npz))
   if not args.workdir and not args.samples:
@@ -257,12 +265,8 @@ def run(args) -> dict:
   if args.ref_stats and "pr" in metrics and not args.dataset:
     raise ValueError("pr needs real features, which published mu/sigma files do not hold: "
                      "also pass --dataset")
-  import jax  # pylint: disable=import-outside-toplevel
   if args.multihost:
     jax.distributed.initialize()
-  from maskvq_jax.evaluation import (checkpoints, data, generate,  # pylint: disable=import-outside-toplevel
-                                     report as report_lib)
-  from maskvq_jax.evaluation.progress import Progress  # pylint: disable=import-outside-toplevel
 
   loc = checkpoints.describe(args.workdir, args.step) if args.workdir else None
   target = {"kind": "samples" if loc is None else loc.kind,
@@ -294,7 +298,6 @@ def run(args) -> dict:
     if args.samples:
       src, n = data.samples_source(args.samples)
     elif loc is not None and loc.kind == "stage2":
-      from maskvq_jax import sampling  # pylint: disable=import-outside-toplevel
       sf_model, sf_vars, sf_info = checkpoints.load_stage2(args.workdir, args.step)
       rep["stage2"] = sf_info
       cfg = sampling.SamplerConfig(

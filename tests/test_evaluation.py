@@ -308,6 +308,14 @@ def test_stage1_workdir_partial_restore(tiny_tokenizer, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), b)
   with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
     checkpoints.describe(str(tmp_path / "nothing"))
+  # the CLI takes the dataset from the run's config and writes <workdir>/evaluation/report.json
+  assert evaluate.main(["--workdir", str(tmp_path), "--metrics", "psnr,usage",
+                        "--batch_size", "8"]) == 0
+  rep = json.loads((tmp_path / "evaluation" / "report.json").read_text())
+  assert rep["target"] == {"kind": "stage1", "path": str(tmp_path), "step": 3, "samples": None}
+  assert rep["dataset"]["name"] == "shapes" and rep["dataset"]["source"] == "procedural"
+  assert rep["num_examples"]["reconstruction"] == 4
+  assert rep["metrics"]["codebook/num_tokens"] == 4 * model.num_tokens
 
 
 def test_evaluate_cli_on_tiny_tokenizer_and_samples(tiny_tokenizer, tmp_path, capsys):

@@ -17,8 +17,15 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from maskvq_jax import convert
+from maskvq_jax import tokenizer_io
+from maskvq_jax.models.mqvae import MQVAE
+from maskvq_jax.models.stackformer import Stackformer
 
 STAGE2_TRAINERS = ("stackformer",)
 TOKENIZER_KEYS = ("tokenizer", "tokenizer_dir", "stage1_workdir")  # stage-2 config fields
@@ -106,9 +113,6 @@ def load_tokenizer(path: str, step: Optional[int] = None):
   For a stage-1 workdir, the EMA parameters are used when the run kept them (config.param_ema >
   0), as in the trainer's eval; otherwise the generator parameters.
   """
-  from maskvq_jax import convert  # pylint: disable=import-outside-toplevel
-  from maskvq_jax import tokenizer_io  # pylint: disable=import-outside-toplevel
-  from maskvq_jax.models.mqvae import MQVAE  # pylint: disable=import-outside-toplevel
   loc = describe(path, step)
   if loc.kind == "stage2":
     return load_tokenizer(stage2_tokenizer_path(loc), None)
@@ -165,9 +169,6 @@ def load_stage2(path: str, step: Optional[int] = None):
   path in one of `TOKENIZER_KEYS`, and `state.params` (or `state.ema_params` when
   config.param_ema > 0) = the Stackformer's "params" collection.
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=import-outside-toplevel
   loc = describe(path, step)
   if loc.kind != "stage2":
     raise ValueError(f"{path} is a {loc.kind} directory, not a stage-2 (Stackformer) workdir")

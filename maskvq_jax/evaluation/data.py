@@ -98,7 +98,8 @@ def dataset_source(spec: DatasetSpec):
   return src, n
 
 
-def _preprocess(ex: dict, res: int) -> dict:
+def preprocess_example(ex: dict, res: int) -> dict:
+  """Decode + centre crop (the trainer's eval preprocessing); raises on undecodable images."""
   from maskvq_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   out = input_pipeline.preprocess(ex, None, res=res, augment="none", keep_mask=True)
   if out is None:
@@ -203,7 +204,7 @@ class HostShard:
     res, keep_mask = self.res, self.keep_mask
 
     def pre(ex):
-      out = _preprocess(ex, res) if res is not None else {"image": np.asarray(ex["image"])}
+      out = preprocess_example(ex, res) if res is not None else {"image": np.asarray(ex["image"])}
       if not keep_mask:
         out.pop("mask", None)
       return out
