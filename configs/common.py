@@ -70,7 +70,7 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
       num_threads=16, prefetch=2, seed_offset=0))
   c.eval = mlc.ConfigDict(dict(
       split="validation", batch_size=batch, num_examples=2048, every_steps=5000, image_every_steps=5000,
-      num_images=8))
+      num_images=8, lpips=True))
 
   grid = res // 2 ** (len(ch_mult) - 1)
   c.model = mlc.ConfigDict(dict(
@@ -102,6 +102,8 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.max_to_keep = 3
   c.async_checkpointing = True
   c.param_overview = True
+  c.run_steps = -1                     # > 0: stop this run after that many steps (with a checkpoint)
+  c.debug_inject_nan_step = -1         # fault injection for tests: NaN loss at this step
   c.profile = False
   return c
 

@@ -12,10 +12,18 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, keep=0.5, scorer="conv", dense=False, steps=300, rules="dp",
-                         perceptual=1.0)
+                         perceptual=1.0, tiny=False)
   c = common.stage1_base(keep=arg.keep, scorer=arg.scorer, dense=arg.dense, batch=16, res=32)
   common.runlocal(c)
   c.total_steps = arg.steps
   c.sharding_rules = arg.rules
   c.loss.perceptual_weight = arg.perceptual
+  if arg.tiny:  # the smallest useful run: the test suite's trainer config (16 px, batch 8)
+    c.input.update(res=16, batch_size=8, num_train_examples=256, num_threads=1)
+    c.eval.update(batch_size=8, num_examples=16, every_steps=0, image_every_steps=0, num_images=4,
+                  lpips=arg.perceptual > 0)
+    c.model.update(resolution=16, codebook_size=16, codebook_dim=16, demasker_layers=1)
+    c.disc.update(ndf=16, n_layers=2)
+    c.log_every_steps, c.ckpt_every_steps = 1, 2
+    c.param_overview = False
   return c

@@ -183,7 +183,7 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
     return lc.pixel_weight * l1 + lc.perceptual_weight * p, (l1, p)
 
   (nll, (l1, p_loss)), ct_nll = jax.value_and_grad(nll_fn, has_aux=True)(rec)
-  if cfg.get("debug_inject_nan_step", -1) >= 0:  # fault injection for the NaN guard's test
+  if cfg.debug_inject_nan_step >= 0:  # fault injection for the NaN guard's test
     nll = nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
     ct_nll = ct_nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
 
@@ -366,7 +366,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first = int(jax.device_get(state.step))
 
   lp_params = None
-  if config.loss.perceptual_weight > 0 or config.eval.get("lpips", True):
+  if config.loss.perceptual_weight > 0 or config.eval.lpips:
     lp_params = jax.device_put(parts.lpips.load_params(), repl)
   step_fn = jax.jit(functools.partial(train_step, parts=parts),
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
@@ -385,7 +385,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop_at = total
   if config.get("run_steps", -1) > 0:  # stop this run early (with a checkpoint), e.g. time limits
     stop_at = min(total, first + config.run_steps)
-  pending, last_metrics, last_eval, step = [], {}, {}, first
+  pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
   t0 = time.time()
   try:
     with _Preemption() as pre:
@@ -422,5 +422,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
-          "eval": last_eval, "seconds": time.time() - t0, "preempted": step < stop_at,
+          "eval": last_eval, "seconds": time.time() - t0, "preempted": preempted,
+          "finished": step == total,
           "state": state}
