@@ -10,6 +10,9 @@ usage / mask analysis of a tokenizer; writes a JSON report and prints a table.
   # any samples (folder of PNGs, or .npz with uint8 "images" [N, H, W, 3]):
   python -m maskvq_jax.evaluate --samples samples.npz --dataset image_folder/ffhq \
       --split validation --res 256 --metrics fid,pr --output report.json
+  # precompute (and cache) a split's reference statistics, e.g. before a sweep:
+  python -m maskvq_jax.evaluate --reference_only --dataset imagenet2012 --split validation \
+      --res 256
   # against published statistics (standard mu/sigma .npz):
   python -m maskvq_jax.evaluate --samples samples/ --ref_stats fid_stats_imagenet256.npz \
       --metrics fid --output report.json
@@ -79,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="cache dir for reference stats (default $MASKVQ_CACHE or "
                           "~/.cache/maskvq_jax)")
   fid_g.add_argument("--refresh_stats", action="store_true", help="recompute cached statistics")
+  fid_g.add_argument("--reference_only", action="store_true",
+                     help="only compute (and cache) the --dataset split's reference statistics "
+                          "and features, print the .npz path, and exit")
   fid_g.add_argument("--inception_logits_npz", default=None,
                      help="Inception logits head (kernel [2048, 1008], bias) needed for IS")
   fid_g.add_argument("--is_splits", type=int, default=10)
@@ -253,8 +259,26 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
 
 
 # ----- driver ------------------------------------------------------------------------------------
+def reference_only(args) -> str:
+  """Computes/caches the reference statistics of the --dataset split; returns the .npz path."""
+  if args.multihost:
+    jax.distributed.initialize()
+  spec = _dataset_spec(args, None, None)
+  if spec is None:
+    raise ValueError("--reference_only needs --dataset (and --split, --res)")
+  ref = reference.reference(spec, _inception(), need_features=True,
+                            global_batch_size=lambda count: _batch(args, count),
+                            cache_dir=args.stats_cache, refresh=args.refresh_stats)
+  if jax.process_index() == 0:
+    print(f"reference statistics ({ref['num_examples']} images, "
+          f"{'cached' if ref['cached'] else 'computed'}): {ref['path']}")
+  return ref["path"]
+
+
 def run(args) -> dict:
   """Runs the evaluation described by parsed `args`; returns the report (also written)."""
+  if args.reference_only:
+    return {"files": {"reference_stats": reference_only(args)}}
   metrics = parse_metrics(args.metrics)
   if "is" in metrics:  # fail before any expensive work
     inception_score.load_head(inception_score.require_head(args.inception_logits_npz))

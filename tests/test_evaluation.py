@@ -359,6 +359,9 @@ def test_evaluate_cli_on_tiny_tokenizer_and_samples(tiny_tokenizer, tmp_path, ca
   assert m2["fid"] > 0 and 1.0 <= m2["is"] <= 1008
   assert 0 <= m2["precision"] <= 1 and 0 <= m2["recall"] <= 1
   assert rep2["files"]["reference_stats"].startswith(cache)
+  # --reference_only finds the split's cached statistics (written by the tokenizer pass)
+  assert evaluate.main(["--reference_only", *common]) == 0
+  assert f"(4 images, cached): {rep2['files']['reference_stats']}" in capsys.readouterr().out
 
 
 def test_evaluate_cli_errors_are_clear(tmp_path, capsys):

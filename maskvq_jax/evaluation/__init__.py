@@ -17,4 +17,7 @@ only be imported by the code paths that need them.
   checkpoints.py    loading tokenizers / Stackformers from workdirs.
   progress.py       progress lines with rate and ETA.
   report.py         JSON report and the printed table.
+
+Command lines: `python -m maskvq_jax.evaluate` (metrics -> JSON report) and
+`python -m maskvq_jax.tools.ablation_report` (reports of a mask-ratio sweep -> Markdown + PNG).
 """
