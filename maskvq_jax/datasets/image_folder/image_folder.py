@@ -70,8 +70,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [ImageFolderConfig(name="ffhq", split_rule="ffhq"),
-                     ImageFolderConfig(name="custom", split_rule="hash")]
+  # No predefined configs: every build passes an ImageFolderConfig (the folder is only known then).
 
   skipped: int = 0
 
