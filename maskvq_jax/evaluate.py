@@ -55,6 +55,7 @@ from maskvq_jax.tools import fetch_weights
 SAMPLE_METRICS = ("fid", "is", "pr")
 TOKENIZER_METRICS = ("rfid", "psnr", "ssim", "lpips", "usage", "mask")
 ALL_METRICS = SAMPLE_METRICS + TOKENIZER_METRICS
+COVERAGE_KEYS = ("kept_on_object", "chance", "kept_on_object_tokens", "chance_tokens")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -199,7 +200,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
     else:
       m["mask/kept_fraction"] = mask_analysis.kept_fraction(out["mask"])
       if "kept_on_object" in out:
-        s = mask_analysis.summarize(out["kept_on_object"], out["chance"])
+        s = mask_analysis.summarize({k: out[k] for k in COVERAGE_KEYS})
         m.update({f"mask/{k}": v for k, v in s.items()})
       else:
         report["notes"].append(f"mask: {spec.name} has no object masks; only figures and "

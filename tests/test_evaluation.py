@@ -254,9 +254,18 @@ def test_object_coverage_constructed(tmp_path):
   obj[0, :2, :2] = 1  # object fills the top-left cell of a 2x2 grid
   cells = mask_analysis.pool_to_grid(obj, 2)
   np.testing.assert_allclose(cells, [[1.0, 0.0, 0.0, 0.0]])
-  kept, chance = mask_analysis.object_coverage(jnp.array([[1.0, 0.0, 0.0, 1.0]]), cells)
-  assert mask_analysis.summarize(kept, chance) == {"kept_on_object": 0.5, "chance": 0.25,
-                                                   "lift": 2.0}
+  cov = mask_analysis.object_coverage(jnp.array([[1.0, 0.0, 0.0, 1.0]]), cells)
+  assert mask_analysis.summarize(cov) == {
+      "kept_on_object": 0.5, "chance": 0.25, "lift": 2.0,
+      "kept_on_object_tokens": 0.5, "chance_tokens": 0.25, "lift_tokens": 2.0}
+  # a kept cell 1/4 covered counts in area but is not "on the object" as a token
+  obj[0, 3, 3] = 1
+  cov = mask_analysis.summarize(mask_analysis.object_coverage(
+      jnp.array([[1.0, 0.0, 0.0, 1.0]]), mask_analysis.pool_to_grid(obj, 2)))
+  assert cov["kept_on_object"] == pytest.approx((1 + 0.25) / 2)
+  assert cov["chance"] == pytest.approx(1.25 / 4)
+  assert cov["kept_on_object_tokens"] == 0.5 and cov["chance_tokens"] == 0.25
+  assert cov["lift"] == pytest.approx(2.0) and cov["lift_tokens"] == 2.0
   images = np.random.default_rng(5).integers(0, 256, (2, 4, 4, 3), np.uint8)
   scores = np.array([[0.9, 0.1, 0.2, 0.8], [0.0, 1.0, 0.5, 0.5]])
   mask = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], np.float32)
@@ -331,7 +340,8 @@ def test_evaluate_cli_on_tiny_tokenizer_and_samples(tiny_tokenizer, tmp_path, ca
   m = rep["metrics"]
   assert rep["num_examples"]["reconstruction"] == 4
   assert rep["tokenizer"]["tokens_per_image"] == model.num_tokens
-  for k in ("rfid", "psnr", "ssim", "lpips", "codebook/perplexity", "mask/lift"):
+  for k in ("rfid", "psnr", "ssim", "lpips", "codebook/perplexity", "mask/lift",
+            "mask/lift_tokens"):
     assert np.isfinite(m[k]), k
   assert m["rfid"] >= 0 and 0 < m["lpips"]
   assert 0 < m["codebook/used_fraction"] <= 1

@@ -9,9 +9,11 @@ object mask to the token grid (fraction of each cell covered by the object), the
                                                                expected value)
   lift           = kept_on_object / chance                     (1 = no better than chance)
 
-Both are area-weighted, i.e. "the fraction of kept area that is object" vs "the fraction of the
-image that is object". Device functions return per-example values (so padded rows can be
-dropped); `summarize` averages them on the host.
+These are area-weighted ("the fraction of kept area that is object" vs "the fraction of the image
+that is object"). The token-counting variants `kept_on_object_tokens` / `chance_tokens` /
+`lift_tokens` count a token as "on the object" when at least half of its cell is object. Device
+functions return per-example values (so padded rows can be dropped); `summarize` averages them on
+the host.
 
 The figures (PIL PNGs) show, per example: the input, the score heat map (per-image min-max,
 viridis), and the kept-region overlay (dropped regions dimmed, kept-cell borders drawn).
@@ -36,20 +38,32 @@ def pool_to_grid(object_mask, grid: int):
   return jnp.mean(m, axis=(2, 4)).reshape(b, grid * grid)
 
 
-def object_coverage(token_mask, cell_object):
-  """Per example: (kept_on_object [B], chance [B]) from kept mask [B, N] and cell fractions."""
+def object_coverage(token_mask, cell_object, threshold: float = 0.5) -> dict:
+  """Per-example [B] values from the kept mask [B, N] and the cells' object fractions [B, N].
+
+  Returns {"kept_on_object", "chance"} (area-weighted) and {"kept_on_object_tokens",
+  "chance_tokens"} (a token is on the object when its cell fraction >= `threshold`).
+  """
   keep = jnp.asarray(token_mask, jnp.float32)
   cell = jnp.asarray(cell_object, jnp.float32)
-  kept = jnp.sum(keep * cell, axis=1) / jnp.maximum(jnp.sum(keep, axis=1), 1.0)
-  return kept, jnp.mean(cell, axis=1)
+  on = (cell >= threshold).astype(jnp.float32)
+  k = jnp.maximum(jnp.sum(keep, axis=1), 1.0)
+  return {"kept_on_object": jnp.sum(keep * cell, axis=1) / k, "chance": jnp.mean(cell, axis=1),
+          "kept_on_object_tokens": jnp.sum(keep * on, axis=1) / k,
+          "chance_tokens": jnp.mean(on, axis=1)}
 
 
-def summarize(kept_on_object, chance) -> dict:
-  """Host-side means over examples (every example has the same K and N, so this is also the
-  token-pooled fraction) and their ratio."""
-  kept = float(np.mean(np.asarray(kept_on_object, np.float64)))
-  ch = float(np.mean(np.asarray(chance, np.float64)))
-  return {"kept_on_object": kept, "chance": ch, "lift": kept / ch if ch > 0 else float("nan")}
+def summarize(per_example: dict) -> dict:
+  """Host-side means over examples of `object_coverage`'s outputs, plus the lifts (kept / chance).
+
+  Every example has the same K and N, so the mean over examples is also the token-pooled value.
+  """
+  out = {k: float(np.mean(np.asarray(v, np.float64))) for k, v in per_example.items()}
+  for suffix in ("", "_tokens"):
+    if f"kept_on_object{suffix}" in out:
+      ch = out[f"chance{suffix}"]
+      out[f"lift{suffix}"] = out[f"kept_on_object{suffix}"] / ch if ch > 0 else float("nan")
+  return out
 
 
 # ----- figures -----------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ def make_recon_fn(model, metrics: set[str], lpips_module=None) -> Callable[[Any,
   """BatchRunner fn for `model` (an MQVAE). params = {"tokenizer", ["inception"], ["lpips"]}.
 
   Returns per-example outputs: psnr, ssim, lpips [B]; codes [B, K]; mask, scores [B, N];
-  pool3_real, pool3_rec [B, 2048]; kept_on_object, chance [B] (when the batch has an object
-  "mask" and the model is masked). Only what `metrics` needs is computed.
+  pool3_real, pool3_rec [B, 2048]; `mask_analysis.object_coverage`'s per-example values (when
+  the batch has an object "mask" and the model is masked). Only what `metrics` needs is computed.
   """
   unknown = set(metrics) - set(NEEDS_TOKENIZER)
   if unknown:
@@ -60,7 +60,7 @@ def make_recon_fn(model, metrics: set[str], lpips_module=None) -> Callable[[Any,
       out["scores"] = aux["scores"].astype(jnp.float32)
       if "mask" in batch and not model.dense:
         cells = mask_analysis.pool_to_grid(batch["mask"], model.grid)
-        out["kept_on_object"], out["chance"] = mask_analysis.object_coverage(aux["mask"], cells)
+        out.update(mask_analysis.object_coverage(aux["mask"], cells))
     if "rfid" in metrics:
       out["pool3_real"] = features.inception_pool3(params["inception"], batch["image"])
       out["pool3_rec"] = features.inception_pool3(params["inception"], quantize_u8(rec))

@@ -7,7 +7,7 @@ no schema knowledge beyond this module's docstring.
 
 Metric names: fid, is, is_std, precision, recall (samples vs reference); rfid, psnr, ssim, lpips
 (reconstructions); codebook/{used_fraction, unused_fraction, num_used, perplexity, num_tokens};
-mask/{kept_on_object, chance, lift, kept_fraction}; sampling/{tokens_per_s, images_per_s}.
+mask/{kept_on_object, chance, lift, *_tokens, kept_fraction}; sampling/{tokens_per_s, images_per_s}.
 """
 import datetime
 import json
@@ -19,7 +19,7 @@ REPORT_VERSION = 1
 DIRECTION = {"fid": "lower", "rfid": "lower", "lpips": "lower", "is": "higher",
              "precision": "higher", "recall": "higher", "psnr": "higher", "ssim": "higher",
              "codebook/used_fraction": "higher", "codebook/perplexity": "higher",
-             "mask/lift": "higher", "sampling/tokens_per_s": "higher"}
+             "mask/lift": "higher", "mask/lift_tokens": "higher", "sampling/tokens_per_s": "higher"}
 
 
 def new_report(target: dict) -> dict:
