@@ -43,6 +43,14 @@ def host_range(n: int, process_index: Optional[int] = None,
   return n * i // c, n * (i + 1) // c
 
 
+def all_hosts(flag: bool) -> bool:
+  """True iff `flag` holds on every host (a collective on multi-host; cheap). Use it for any
+  decision that changes which collective passes run, e.g. "is the reference cache there?"."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.min(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
 class BatchRunner:
   """Runs `fn(params, batch) -> {name: [B, ...]}` over host-local batches on a data mesh.
 

@@ -65,7 +65,9 @@ def reference(spec: data.DatasetSpec, inception_variables, *, need_features: boo
   the cache when possible (features are loaded when needed, or when the set is small)."""
   stats_path, feat_path = cache_paths(spec, cache_dir)
   have_stats, have_feats = os.path.isfile(stats_path), os.path.isfile(feat_path)
-  if not refresh and have_stats and (have_feats or not need_features):
+  # Every host must take the same branch (the compute branch is collective): with a per-host
+  # cache only host 0 ever writes, so on pods point --stats_cache at a shared directory.
+  if features.all_hosts(not refresh and have_stats and (have_feats or not need_features)):
     mu, sigma = fid.load_statistics(stats_path)
     # Small sets: load the features too, so FID can take the cheap low-rank route.
     count = int(fid.load_meta(stats_path).get("num_examples", -1))
