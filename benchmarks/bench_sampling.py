@@ -2,6 +2,8 @@ r"""Sampling throughput: KV-cached Stackformer vs the dense raster GPT baseline.
 
 Prints ONE JSON line. Tokens/s = batch * steps / seconds (median over runs, after compile);
 images/s = batch / seconds. The authors' un-cached sampler managed about 220 tokens/s.
+"masked" / "dense" decode with f32 weights (the parity setting); "*_bf16_weights" store the matmul
+kernels in bf16 (SamplerConfig(weight_dtype="bfloat16")), which halves the bytes read per step.
 
   .venv/bin/python benchmarks/bench_sampling.py            # bench config, random init
   .venv/bin/python benchmarks/bench_sampling.py --runs 3 --steps 64
@@ -9,6 +11,7 @@ images/s = batch / seconds. The authors' un-cached sampler managed about 220 tok
 Imports no TensorFlow.
 """
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -57,23 +60,35 @@ def main():
   dense_cfg = sampling.SamplerConfig(steps=n, top_k=100, top_p=0.95)
 
   key = jax.random.key(2)
-  t_masked = _time(lambda i: sampling.sample(masked, masked_params, jax.random.fold_in(key, i),
-                                             masked_cfg, batch_size=b).codes, args.runs)
-  t_dense = _time(lambda i: sampling.sample_dense(dense, dense_params, jax.random.fold_in(key, i),
-                                                  dense_cfg, batch_size=b).codes, args.runs)
+
+  def run_masked(cfg):
+    return lambda i: sampling.sample(masked, masked_params, jax.random.fold_in(key, i), cfg,
+                                     batch_size=b).codes
+
+  def run_dense(cfg):
+    return lambda i: sampling.sample_dense(dense, dense_params, jax.random.fold_in(key, i), cfg,
+                                           batch_size=b).codes
+
+  def entry(seconds, steps):
+    return {"seconds": round(seconds, 4), "tokens_per_s": round(b * steps / seconds, 1),
+            "images_per_s": round(b / seconds, 2)}
+
+  bf16 = lambda cfg: dataclasses.replace(cfg, weight_dtype="bfloat16")
+  t_masked = _time(run_masked(masked_cfg), args.runs)
+  t_dense = _time(run_dense(dense_cfg), args.runs)
+  t_masked16 = _time(run_masked(bf16(masked_cfg)), args.runs)
+  t_dense16 = _time(run_dense(bf16(dense_cfg)), args.runs)
   result = {
       "bench": "sampling",
       "backend": jax.default_backend(),
-      "devices": jax.device_count(),
+      "device": jax.devices()[0].device_kind,
       "batch": b,
       "masked": {"steps": args.steps, "layers": f"{args.layers}+{args.layers}",
-                 "seconds": round(t_masked, 4),
-                 "tokens_per_s": round(b * args.steps / t_masked, 1),
-                 "images_per_s": round(b / t_masked, 2)},
-      "dense": {"steps": n, "layers": 2 * args.layers, "seconds": round(t_dense, 4),
-                "tokens_per_s": round(b * n / t_dense, 1),
-                "images_per_s": round(b / t_dense, 2)},
+                 **entry(t_masked, args.steps)},
+      "dense": {"steps": n, "layers": 2 * args.layers, **entry(t_dense, n)},
       "masked_over_dense_images_per_s": round(t_dense / t_masked, 2),
+      "masked_bf16_weights": entry(t_masked16, args.steps),
+      "dense_bf16_weights": entry(t_dense16, n),
       "official_uncached_tokens_per_s": 220,
   }
   result["masked"]["speedup_vs_official"] = round(result["masked"]["tokens_per_s"] / 220, 1)
