@@ -35,6 +35,11 @@ class SamplerConfig:
 
   top_k / top_p = None disable the filter; top_p = 1.0 is treated as disabled too. Positions have
   their own temperature / top-k / top-p (the official code shares the temperature).
+  guidance_scale = None: no classifier-free guidance (the value itself is traced, not compiled in).
+  weight_dtype = "bfloat16" stores the matmul kernels in bf16 while decoding (activations,
+  softmax and accumulation stay in the model dtype): about 1.4x faster on CPU, where one-token
+  decoding is bound by reading the weights; logits then differ from f32 by ~3e-3 relative
+  (golden model; same greedy tokens).
   """
   steps: int
   temperature: float = 1.0
@@ -46,7 +51,7 @@ class SamplerConfig:
   greedy: bool = False
   force_raster_order: bool = False
   guidance_scale: Optional[float] = None
-  weight_dtype: Optional[str] = None  # e.g. "bfloat16": matmul kernels stored in bf16 for decode.
+  weight_dtype: Optional[str] = None
 
 
 class SampleOutput(NamedTuple):
