@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Optional
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -41,6 +42,7 @@ from maskvq_jax.evaluation import checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
+from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation import fid
 from maskvq_jax.evaluation import generate
 from maskvq_jax.evaluation import inception_score
@@ -186,7 +188,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   if "rfid" in want:
     m["rfid"] = fid.fid_from_features(out["pool3_real"], out["pool3_rec"])
     stats_path, _ = reference.cache_paths(spec, args.stats_cache)
-    if not os.path.isfile(stats_path):  # by-product: the split's reference statistics
+    if not epath.Path(stats_path).is_file():  # by-product: the split's reference statistics
       reference.store(spec, out["pool3_real"], args.stats_cache)
   for k in ("psnr", "ssim", "lpips"):
     if k in want:
@@ -244,7 +246,7 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
   if "fid" in metrics:
     if args.ref_stats:
       mu, sigma = fid.load_statistics(args.ref_stats)
-      report["files"]["reference_stats"] = os.path.abspath(args.ref_stats)
+      report["files"]["reference_stats"] = files.absolute(args.ref_stats)
     elif ref["pool3"] is not None:
       mu = sigma = None
     else:
@@ -295,14 +297,14 @@ def run(args) -> dict:
 
   loc = checkpoints.describe(args.workdir, args.step) if args.workdir else None
   target = {"kind": "samples" if loc is None else loc.kind,
-            "path": os.path.abspath(args.workdir or args.samples),
+            "path": files.absolute(args.workdir or args.samples),
             "step": None if loc is None else loc.step, "samples": args.samples}
   rep = report_lib.new_report(target)
   rep["settings"] = {k: v for k, v in vars(args).items() if k not in ("multihost",)}
   rep["settings"]["devices"], rep["settings"]["processes"] = jax.device_count(), jax.process_count()
-  out_path = args.output or os.path.join(os.path.abspath(args.workdir), "evaluation", "report.json")
-  figures_dir = args.figures_dir or os.path.join(os.path.dirname(os.path.abspath(out_path)),
-                                                 "figures")
+  out_path = files.absolute(
+      args.output or os.path.join(files.absolute(args.workdir), "evaluation", "report.json"))
+  figures_dir = args.figures_dir or os.path.join(os.path.dirname(out_path), "figures")
   tok_model = tok_vars = None
   if loc is not None:
     tok_model, tok_vars, tok_info = checkpoints.load_tokenizer(args.workdir, args.step)
@@ -338,8 +340,7 @@ def run(args) -> dict:
       rep["metrics"]["sampling/images_per_s"] = timing["images_per_s"]
       rep["timings"].update(timing)
       if args.save_samples and jax.process_index() == 0:
-        np.savez(args.save_samples, images=images)
-        rep["files"]["samples"] = os.path.abspath(args.save_samples)
+        rep["files"]["samples"] = files.save_npz(args.save_samples, images=images)
       src, n = data.array_source(images)
     else:
       raise ValueError(f"{[m for m in metrics if m in SAMPLE_METRICS]} score generated images: "

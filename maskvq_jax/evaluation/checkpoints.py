@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from maskvq_jax import convert
 from maskvq_jax import tokenizer_io
+from maskvq_jax.evaluation import files
 from maskvq_jax.models.mqvae import MQVAE
 from maskvq_jax.models.stackformer import Stackformer
 
@@ -41,21 +43,21 @@ class Located:
 
 def _steps(directory: str) -> list[int]:
   """Committed step numbers (Orbax writes in-progress saves under non-numeric tmp names)."""
-  if not os.path.isdir(directory):
+  d = epath.Path(directory)
+  if not d.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  return sorted(int(c.name) for c in d.iterdir() if c.name.isdigit() and c.is_dir())
 
 
 def _read_json_meta(directory: str, step: int) -> dict:
   options = ocp.CheckpointManagerOptions(read_only=True)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as mngr:
+  with ocp.CheckpointManager(directory, options=options) as mngr:
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
 
 def describe(path: str, step: Optional[int] = None) -> Located:
   """Works out what `path` holds (see the module docstring). Raises FileNotFoundError if none."""
-  path = os.path.abspath(os.path.expanduser(path))
+  path = files.absolute(path)
   for ckpt_dir in (os.path.join(path, "checkpoints"), path):
     steps = _steps(ckpt_dir)
     if not steps:
@@ -63,9 +65,9 @@ def describe(path: str, step: Optional[int] = None) -> Located:
     s = steps[-1] if step is None else step
     if s not in steps:
       raise FileNotFoundError(f"step {s} not in {ckpt_dir} (have {steps})")
-    if os.path.isdir(os.path.join(ckpt_dir, str(s), "variables")):
+    if (epath.Path(ckpt_dir) / str(s) / "variables").is_dir():
       return Located("tokenizer", ckpt_dir, s, _read_json_meta(ckpt_dir, s))
-    if os.path.isdir(os.path.join(ckpt_dir, str(s), "state")):
+    if (epath.Path(ckpt_dir) / str(s) / "state").is_dir():
       meta = _read_json_meta(ckpt_dir, s)
       trainer = meta.get("config", {}).get("trainer")
       if trainer == "mqvae":
@@ -74,7 +76,7 @@ def describe(path: str, step: Optional[int] = None) -> Located:
         return Located("stage2", ckpt_dir, s, meta)
       raise ValueError(f"{ckpt_dir} step {s}: unknown trainer {trainer!r} in its meta config")
   tok = os.path.join(path, "tokenizer")
-  if os.path.isdir(tok):
+  if epath.Path(tok).is_dir():
     return describe(tok, step)
   raise FileNotFoundError(
       f"{path} holds no tokenizer or trainer checkpoint (looked for <dir>/checkpoints/<step>/"

@@ -10,14 +10,14 @@ Preprocessing of dataset images reuses `input_pipeline.preprocess` (decode, shor
 centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw.
 """
 import dataclasses
-import glob
-import os
 from typing import Any, Iterator, Optional
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
 from maskvq_jax.evaluation import features
+from maskvq_jax.evaluation import files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -127,7 +127,7 @@ class _FolderSource:
     self.shape = first.shape
 
   def _load(self, i):
-    with Image.open(self.paths[i]) as im:
+    with epath.Path(self.paths[i]).open("rb") as f, Image.open(f) as im:
       return np.asarray(im.convert("RGB"), np.uint8)
 
   def __len__(self):
@@ -143,7 +143,7 @@ class _FolderSource:
 
 def load_npz_images(path: str) -> np.ndarray:
   """uint8 [N, H, W, 3] from an .npz (key "images", "samples", "arr_0", or its only array)."""
-  with np.load(path) as z:
+  with epath.Path(files.absolute(path)).open("rb") as f, np.load(f) as z:
     for k in ("images", "samples", "arr_0"):
       if k in z.files:
         a = z[k]
@@ -159,16 +159,17 @@ def load_npz_images(path: str) -> np.ndarray:
 
 
 def samples_source(path: str):
-  """(random-access source of {"image": uint8 HWC}, N) for a PNG/JPEG folder or an .npz file."""
-  if os.path.isdir(path):
-    paths = sorted(p for p in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_EXTENSIONS))
+  """(random-access source of {"image": uint8 HWC}, N) for an image folder or an .npz file
+  (local or gs://); folder images are read in sorted path order, recursively."""
+  p = epath.Path(files.absolute(path))
+  if p.is_dir():
+    paths = sorted(str(q) for q in p.glob("**/*") if q.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
       raise FileNotFoundError(f"--samples folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} "
                               "images")
     src = _FolderSource(paths)
-  elif os.path.isfile(path) and path.endswith(".npz"):
-    src = _ArraySource(load_npz_images(path))
+  elif p.is_file() and p.suffix == ".npz":
+    src = _ArraySource(load_npz_images(str(p)))
   else:
     raise FileNotFoundError(f"--samples must be a folder of images or an .npz file, got {path}")
   return src, len(src)

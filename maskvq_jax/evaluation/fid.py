@@ -13,7 +13,10 @@ Statistics files use the standard `mu` [2048] / `sigma` [2048, 2048] keys of TTU
 import os
 from typing import Any, Mapping, Optional
 
+from etils import epath
 import numpy as np
+
+from maskvq_jax.evaluation import files
 
 
 def statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -94,33 +97,31 @@ def fid_from_features(features1, features2) -> float:
 
 def save_statistics(path: str | os.PathLike, mu, sigma,
                     meta: Optional[Mapping[str, Any]] = None) -> str:
-  """Writes `mu`, `sigma` (float64) and optional `meta/<key>` scalars/strings to `path` (.npz).
-
-  The write goes to a temporary file first and is renamed, so readers never see half a file.
-  """
+  """Writes `mu`, `sigma` (float64) and optional `meta/<key>` scalars/strings to `path` (.npz,
+  local or gs://; atomic for local files). Returns the absolute path."""
   mu, sigma = _check_stats(mu, sigma, str(path))
   extra = {f"meta/{k}": np.asarray(v) for k, v in (meta or {}).items()}
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".partial.npz"
-  np.savez(tmp, mu=mu, sigma=sigma, **extra)
-  os.replace(tmp, path)
-  return path
+  return files.save_npz(path, mu=mu, sigma=sigma, **extra)
+
+
+def _load_npz(path) -> dict:
+  p = epath.Path(files.absolute(path))
+  if not p.is_file():
+    raise FileNotFoundError(f"FID statistics file not found: {path}")
+  with p.open("rb") as f, np.load(f) as z:
+    return {k: z[k] for k in z.files}
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) in float64 from a standard FID statistics .npz (keys `mu` and `sigma`)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"FID statistics file not found: {path}")
-  with np.load(path) as z:
-    missing = [k for k in ("mu", "sigma") if k not in z.files]
-    if missing:
-      raise ValueError(f"{path} is not an FID statistics file: missing {missing} "
-                       f"(found keys {sorted(z.files)})")
-    return _check_stats(z["mu"], z["sigma"], str(path))
+  z = _load_npz(path)
+  missing = [k for k in ("mu", "sigma") if k not in z]
+  if missing:
+    raise ValueError(f"{path} is not an FID statistics file: missing {missing} "
+                     f"(found keys {sorted(z)})")
+  return _check_stats(z["mu"], z["sigma"], str(path))
 
 
 def load_meta(path: str | os.PathLike) -> dict:
   """The `meta/<key>` entries written by `save_statistics` (empty for published files)."""
-  with np.load(path) as z:
-    return {k[len("meta/"):]: z[k].item() for k in z.files if k.startswith("meta/")}
+  return {k[len("meta/"):]: v.item() for k, v in _load_npz(path).items() if k.startswith("meta/")}

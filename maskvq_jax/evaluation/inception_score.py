@@ -19,7 +19,10 @@ result is the mean and standard deviation over splits, as in the original code.
 import os
 from typing import NamedTuple, Optional
 
+from etils import epath
 import numpy as np
+
+from maskvq_jax.evaluation import files
 
 _KEY_PAIRS = (("kernel", "bias"), ("w", "b"), ("softmax/weights", "softmax/biases"))
 
@@ -46,9 +49,10 @@ def require_head(path: Optional[str]) -> str:
 def load_head(path: str | os.PathLike, feature_dim: int = 2048) -> LogitsHead:
   """Loads and checks a logits head .npz (see module docstring for the accepted keys)."""
   path = os.fspath(require_head(os.fspath(path) if path else None))
-  if not os.path.isfile(path):
+  p = epath.Path(files.absolute(path))
+  if not p.is_file():
     raise FileNotFoundError(f"--inception_logits_npz file not found: {path}")
-  with np.load(path) as z:
+  with p.open("rb") as f, np.load(f) as z:
     files = set(z.files)
     for kname, bname in _KEY_PAIRS:
       if kname in files:

@@ -23,7 +23,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+
+from maskvq_jax.evaluation import files
 
 
 def pool_to_grid(object_mask, grid: int):
@@ -115,7 +116,7 @@ def save_figures(images, scores, token_mask, out_dir: str, *, max_examples: int 
 
   Args:
     images: uint8 [B, H, W, 3]. scores / token_mask: [B, N] on the g x g token grid.
-    out_dir: created if missing. max_examples: first examples to draw. min_side: small images
+    out_dir: local or gs:// directory (created if missing). max_examples: first examples to draw. min_side: small images
       are upscaled (nearest) so each panel is at least this many pixels high.
   """
   img = np.asarray(images)[:max_examples]
@@ -125,17 +126,14 @@ def save_figures(images, scores, token_mask, out_dir: str, *, max_examples: int 
   s, m = np.asarray(scores)[:k], np.asarray(token_mask)[:k]
   h, w = img.shape[1:3]
   panels = [_upscale(p, min_side) for p in (img, heatmaps(s, h, w), overlays(img, m))]
-  os.makedirs(out_dir, exist_ok=True)
   paths = {}
   rows = np.concatenate(panels, axis=2)  # [k, H', 3 W', 3]
   grid = np.concatenate(list(rows), axis=0)
-  paths["grid"] = os.path.join(out_dir, f"{prefix}_grid.png")
-  Image.fromarray(grid).save(paths["grid"])
+  paths["grid"] = files.save_png(os.path.join(out_dir, f"{prefix}_grid.png"), grid)
   for i in range(k):
     for name, panel in (("heat", panels[1]), ("overlay", panels[2])):
-      p = os.path.join(out_dir, f"{prefix}_{name}_{i:02d}.png")
-      Image.fromarray(panel[i]).save(p)
-      paths[f"{name}_{i:02d}"] = p
+      paths[f"{name}_{i:02d}"] = files.save_png(
+          os.path.join(out_dir, f"{prefix}_{name}_{i:02d}.png"), panel[i])
   return paths
 
 

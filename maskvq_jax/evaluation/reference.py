@@ -5,20 +5,24 @@ ablation; recomputing 50k Inception passes per evaluation wastes most of the tim
 names the dataset, split, resolution, example count (and procedural seed) plus the Inception
 weights' sha1 and the resize policy version, so a change of any of them recomputes.
 
-Files, in `<cache>/fid_stats/` (cache = `--stats_cache`, $MASKVQ_CACHE or ~/.cache/maskvq_jax):
+Files, in `<cache>/fid_stats/` (cache = `--stats_cache` (local or gs://), $MASKVQ_CACHE or
+~/.cache/maskvq_jax):
   <key>.npz        standard FID statistics (`mu`, `sigma`, float64) + `meta/*` provenance;
   <key>.pool3.npy  the pool3 features [N, 2048] float32 (kept for precision/recall).
 Only process 0 writes; every process computes (the passes are collective).
 """
+import io
 import os
 from typing import Callable, Optional, Union
 
+from etils import epath
 import jax
 import numpy as np
 
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import fid
+from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation.progress import Progress
 
 RESIZE_POLICY = "bilinear-antialias-f32-v1"  # models.inception.resize_to_299
@@ -26,9 +30,17 @@ RESIZE_POLICY = "bilinear-antialias-f32-v1"  # models.inception.resize_to_299
 
 def cache_paths(spec: data.DatasetSpec, cache_dir: Optional[str] = None) -> tuple[str, str]:
   from maskvq_jax.tools import fetch_weights  # pylint: disable=import-outside-toplevel
-  root = os.path.join(os.fspath(fetch_weights.cache_dir(cache_dir)), "fid_stats")
+  if cache_dir and files.is_remote(cache_dir):  # e.g. a bucket shared by all hosts of a pod
+    root = os.path.join(cache_dir, "fid_stats")
+  else:
+    root = os.path.join(os.fspath(fetch_weights.cache_dir(cache_dir)), "fid_stats")
   base = os.path.join(root, f"{spec.key()}_inc{fetch_weights.INCEPTION_SHA1[:8]}")
   return base + ".npz", base + ".pool3.npy"
+
+
+def _load_npy(path: str) -> np.ndarray:
+  with epath.Path(path).open("rb") as f:
+    return np.load(f)
 
 
 def store(spec: data.DatasetSpec, pool3: np.ndarray, cache_dir: Optional[str] = None) -> str:
@@ -41,9 +53,9 @@ def store(spec: data.DatasetSpec, pool3: np.ndarray, cache_dir: Optional[str] = 
         "dataset": spec.name, "split": spec.split, "source": spec.source, "res": spec.res,
         "num_examples": int(pool3.shape[0]), "inception_sha1": fetch_weights.INCEPTION_SHA1,
         "resize": RESIZE_POLICY})
-    tmp = feat_path + ".partial.npy"
-    np.save(tmp, np.asarray(pool3, np.float32))
-    os.replace(tmp, feat_path)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(pool3, np.float32))
+    files.write_bytes(feat_path, buf.getvalue())
   return stats_path
 
 
@@ -64,7 +76,7 @@ def reference(spec: data.DatasetSpec, inception_variables, *, need_features: boo
   """{"mu", "sigma", "pool3" (or None), "path", "cached", "num_examples"} for the split, from
   the cache when possible (features are loaded when needed, or when the set is small)."""
   stats_path, feat_path = cache_paths(spec, cache_dir)
-  have_stats, have_feats = os.path.isfile(stats_path), os.path.isfile(feat_path)
+  have_stats, have_feats = epath.Path(stats_path).is_file(), epath.Path(feat_path).is_file()
   # Every host must take the same branch (the compute branch is collective): with a per-host
   # cache only host 0 ever writes, so on pods point --stats_cache at a shared directory.
   if features.all_hosts(not refresh and have_stats and (have_feats or not need_features)):
@@ -72,7 +84,7 @@ def reference(spec: data.DatasetSpec, inception_variables, *, need_features: boo
     # Small sets: load the features too, so FID can take the cheap low-rank route.
     count = int(fid.load_meta(stats_path).get("num_examples", -1))
     small = 0 <= count < mu.shape[0]
-    pool3 = np.load(feat_path) if need_features or (small and have_feats) else None
+    pool3 = _load_npy(feat_path) if need_features or (small and have_feats) else None
     return {"mu": mu, "sigma": sigma, "pool3": pool3, "path": stats_path, "cached": True,
             "num_examples": count}
   src, n = data.dataset_source(spec)

@@ -12,8 +12,9 @@ mask/{kept_on_object, chance, lift, *_tokens, kept_fraction}; sampling/{tokens_p
 import datetime
 import json
 import math
-import os
 from typing import Any
+
+from maskvq_jax.evaluation import files
 
 REPORT_VERSION = 1
 DIRECTION = {"fid": "lower", "rfid": "lower", "lpips": "lower", "is": "higher",
@@ -42,20 +43,12 @@ def _jsonable(x: Any):
 
 
 def write(path: str, report: dict) -> str:
-  """Writes `report` atomically (tmp file + rename)."""
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".partial"
-  with open(tmp, "w") as f:
-    json.dump(_jsonable(report), f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
-  return path
+  """Writes `report` as JSON (atomically; local or gs://). Returns the absolute path."""
+  return files.write_text(path, json.dumps(_jsonable(report), indent=2) + "\n")
 
 
 def read(path: str) -> dict:
-  with open(path) as f:
-    rep = json.load(f)
+  rep = json.loads(files.read_text(path))
   if not isinstance(rep, dict) or "metrics" not in rep:
     raise ValueError(f"{path} is not an evaluation report (no 'metrics')")
   return rep

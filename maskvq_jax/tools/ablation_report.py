@@ -18,12 +18,15 @@ run was sampled), sampling tokens/s (when measured). The PNG (matplotlib, Agg) h
 metric against the keep ratio.
 """
 import argparse
-import glob
+import io
 import math
 import os
 import sys
 from typing import Optional
 
+from etils import epath
+
+from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation import report as report_lib
 
 REPORT_NAME = os.path.join("evaluation", "report.json")
@@ -42,8 +45,8 @@ PLOTTED = (("rfid", "rFID"), ("psnr", "PSNR (dB)"), ("codebook/used_fraction", "
 
 def find_reports(workdir: str) -> list[str]:
   """`evaluation/report.json` files in `workdir` and its immediate subdirectories."""
-  return sorted(glob.glob(os.path.join(workdir, REPORT_NAME)) +
-                glob.glob(os.path.join(workdir, "*", REPORT_NAME)))
+  d = epath.Path(files.absolute(workdir))
+  return sorted(str(p) for p in list(d.glob(REPORT_NAME)) + list(d.glob(f"*/{REPORT_NAME}")))
 
 
 def _config_row(workdir: str) -> dict:
@@ -130,10 +133,10 @@ def plot(rows: list[dict], path: str, title: Optional[str] = None) -> Optional[s
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
   plt.close(fig)
-  return path
+  return files.write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -155,13 +158,10 @@ def main(argv=None) -> int:
       print(f"warning: {r['workdir']} has no {REPORT_NAME}; run python -m maskvq_jax.evaluate "
             f"--workdir {r['workdir']}", file=sys.stderr)
   text = markdown(rows, args.title)
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    f.write(text)
+  table_path = files.write_text(args.output, text)
   png = plot(rows, args.plot or os.path.splitext(args.output)[0] + ".png", args.title)
   print(text, end="")
-  print(f"table: {os.path.abspath(args.output)}" + (f"\nplot: {os.path.abspath(png)}" if png
-                                                      else "\nplot: none (no metrics yet)"))
+  print(f"table: {table_path}\nplot: {png or 'none (no metrics yet)'}")
   return 0
 
 
