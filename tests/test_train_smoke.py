@@ -106,3 +106,12 @@ def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
   assert 3 <= last < 10000
   assert f"done: steps 0 -> {last} of 10000 (preempted)" in log
   assert checkpointing.read_meta(str(tmp_path / "checkpoints"))["step"] == last
+
+
+def test_resume_from_config_resume_when_workdir_is_empty(tmp_path):
+  trainer.train(tiny("steps=4", run_steps=2), str(tmp_path / "a"))
+  out = trainer.train(tiny("steps=4", run_steps=1, resume=str(tmp_path / "a")), str(tmp_path / "b"))
+  assert (out["first_step"], out["last_step"]) == (2, 3)
+  # Now the new workdir has its own checkpoint, which wins over config.resume.
+  out = trainer.train(tiny("steps=4", resume=str(tmp_path / "a")), str(tmp_path / "b"))
+  assert (out["first_step"], out["last_step"]) == (3, 4)
