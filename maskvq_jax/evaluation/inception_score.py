@@ -53,15 +53,15 @@ def load_head(path: str | os.PathLike, feature_dim: int = 2048) -> LogitsHead:
   if not p.is_file():
     raise FileNotFoundError(f"--inception_logits_npz file not found: {path}")
   with p.open("rb") as f, np.load(f) as z:
-    files = set(z.files)
+    keys = set(z.files)
     for kname, bname in _KEY_PAIRS:
-      if kname in files:
+      if kname in keys:
         kernel = np.asarray(z[kname], np.float64)
-        bias = np.asarray(z[bname], np.float64) if bname in files else None
+        bias = np.asarray(z[bname], np.float64) if bname in keys else None
         break
     else:
       raise ValueError(f"{path}: no logits kernel found; expected one of "
-                       f"{[k for k, _ in _KEY_PAIRS]}, found keys {sorted(files)}")
+                       f"{[k for k, _ in _KEY_PAIRS]}, found keys {sorted(keys)}")
   if kernel.ndim != 2 or kernel.shape[0] != feature_dim:
     raise ValueError(f"{path}: logits kernel has shape {kernel.shape}, expected "
                      f"[{feature_dim}, num_classes] (pool3 features x classes)")
