@@ -13,6 +13,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _path(directory: str) -> str:
+  """Absolute local paths (Orbax needs them); remote URLs such as gs://... pass through."""
+  return directory if "://" in directory else os.path.abspath(directory)
+
+
 def _jsonable(kwargs: Mapping[str, Any]) -> dict:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k != "dtype"}
 
@@ -24,7 +29,7 @@ def model_kwargs_from_meta(meta: Mapping[str, Any]) -> dict:
 def save_tokenizer(directory: str, variables: Mapping[str, Any], model_kwargs: Mapping[str, Any],
                    step: int = 0, extra_meta: Optional[Mapping[str, Any]] = None) -> str:
   """Writes `variables` + kwargs at `step`. Refuses to overwrite an existing step."""
-  directory = os.path.abspath(directory)
+  directory = _path(directory)
   meta = {"model": _jsonable(model_kwargs), **(extra_meta or {})}
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
   with ocp.CheckpointManager(directory, options=options) as mngr:
@@ -39,7 +44,7 @@ def save_tokenizer(directory: str, variables: Mapping[str, Any], model_kwargs: M
 def read_meta(directory: str, step: Optional[int] = None) -> tuple[dict, int]:
   """The JSON metadata of `step` (default: latest) without reading any array."""
   options = ocp.CheckpointManagerOptions(read_only=True)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as mngr:
+  with ocp.CheckpointManager(_path(directory), options=options) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no tokenizer checkpoint in {directory}")
@@ -56,7 +61,7 @@ def load_tokenizer(directory: str, step: Optional[int] = None):
   abstract = convert.abstract_variables(model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   options = ocp.CheckpointManagerOptions(read_only=True)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as mngr:
+  with ocp.CheckpointManager(_path(directory), options=options) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract))))
   return model, restored.variables, meta
