@@ -1,7 +1,9 @@
 """Orbax checkpointing for all trainers: one manager, one restore policy.
 
 Each step directory holds three items: `state` (the sharded train state, StandardSave), `meta`
-(config + run metadata, JSON) and `data` (the input iterator's position, JSON). Saves are async
+(config + run metadata, JSON) and `data` (the input iterator's position, JSON; written by the
+primary process and read by all: every host's grain pipeline holds the same number of local
+batches, so the positions agree). Saves are async
 (the device->host copy happens before `save` returns, so the trainer may donate the state right
 after). Restores reshard onto whatever mesh the abstract target carries.
 
@@ -90,7 +92,10 @@ class Checkpointer:
     if jax.process_index() == 0 and src.exists():
       dst = self.directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
       dst.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(os.fspath(src), os.fspath(dst)) if not str(src).startswith("gs://") else src.rmtree()
+      if "://" in str(src):  # object stores cannot rename directories cheaply: delete instead
+        src.rmtree()
+      else:
+        shutil.move(os.fspath(src), os.fspath(dst))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine_{step}")
     self.mngr.close()

@@ -24,12 +24,13 @@ import json
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -216,13 +217,10 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
     (rec2, _), (_, cols2) = gen_fwd(new_g, bs_g, vq, rngs[3:])
     bs_g, vq = cols2.get("batch_stats", {}), cols2["vq_stats"]
     logits_fake, vjp_fake, bs_d = jax.vjp(
-        lambda p: d_apply(p, bs_d, jax.lax.stop_gradient(rec2)), dp, has_aux=True)
-    unpack = lambda ct: vjp_fake(ct)[0]
-  else:
-    unpack = lambda ct: vjp_fake(ct)[0]
+        lambda p, r: d_apply(p, bs_d, r), dp, jax.lax.stop_gradient(rec2), has_aux=True)
   d_loss, (ct_real, ct_fake) = jax.value_and_grad(
       lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
-  d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], unpack(ct_fake))
+  d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
   upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
   new_d = optax.apply_updates(dp, upd_d)
 
@@ -283,6 +281,13 @@ class _Preemption:
     del frame
     logging.warning("received signal %d: saving a checkpoint after the current step", signum)
     self.flag = True
+
+  def agreed(self) -> bool:
+    """The flag, OR-ed over processes so that every host saves and stops at the same step."""
+    if jax.process_count() == 1:
+      return self.flag
+    flags = multihost_utils.process_allgather(np.asarray(self.flag, np.int32))
+    return bool(np.any(flags))
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -394,7 +399,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           state, m = step_fn(state, next(data), lp_params)
         pending.append((step, m))
         writer.tick(step)
-        preempted = pre.flag or ckpt.reached_preemption(step)
+        preempted = pre.agreed() or ckpt.reached_preemption(step)
         final = step == stop_at
         save_now = ckpt.should_save(step) or preempted or final
         if save_now or utils.itstime(step, config.log_every_steps, total):
