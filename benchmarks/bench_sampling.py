@@ -13,6 +13,7 @@ Imports no TensorFlow.
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 
@@ -25,13 +26,14 @@ from maskvq_jax.models.stackformer import Stackformer
 
 
 def _time(fn, runs):
-  jax.block_until_ready(fn(0))  # Compile + warm up.
+  """Median and min seconds of `runs` calls after one compile + warm-up call."""
+  jax.block_until_ready(fn(0))
   times = []
   for i in range(runs):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(i + 1))
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return statistics.median(times), min(times)
 
 
 def main():
@@ -69,11 +71,14 @@ def main():
     return lambda i: sampling.sample_dense(dense, dense_params, jax.random.fold_in(key, i), cfg,
                                            batch_size=b).codes
 
-  def entry(seconds, steps):
+  def entry(times, steps):
+    seconds, fastest = times
     return {"seconds": round(seconds, 4), "tokens_per_s": round(b * steps / seconds, 1),
-            "images_per_s": round(b / seconds, 2)}
+            "images_per_s": round(b / seconds, 2),
+            "tokens_per_s_best_run": round(b * steps / fastest, 1)}
 
   bf16 = lambda cfg: dataclasses.replace(cfg, weight_dtype="bfloat16")
+  load_before = os.getloadavg()[0]
   t_masked = _time(run_masked(masked_cfg), args.runs)
   t_dense = _time(run_dense(dense_cfg), args.runs)
   t_masked16 = _time(run_masked(bf16(masked_cfg)), args.runs)
@@ -86,10 +91,13 @@ def main():
       "masked": {"steps": args.steps, "layers": f"{args.layers}+{args.layers}",
                  **entry(t_masked, args.steps)},
       "dense": {"steps": n, "layers": 2 * args.layers, **entry(t_dense, n)},
-      "masked_over_dense_images_per_s": round(t_dense / t_masked, 2),
+      "masked_over_dense_images_per_s": round(t_dense[0] / t_masked[0], 2),
       "masked_bf16_weights": entry(t_masked16, args.steps),
       "dense_bf16_weights": entry(t_dense16, n),
       "official_uncached_tokens_per_s": 220,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "cpu_count": os.cpu_count(),
+      "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # Before, after.
   }
   result["masked"]["speedup_vs_official"] = round(result["masked"]["tokens_per_s"] / 220, 1)
   print(json.dumps(result))
