@@ -1,11 +1,10 @@
 """Trainer registry: `config.trainer` -> module with `train(config, workdir)`.
 
-Modules are imported lazily so `main.py` only loads the trainer it runs (stage 2 adds
-"stackformer").
+Modules are imported lazily so `main.py` only loads the trainer it runs.
 """
 import importlib
 
-TRAINERS = {"mqvae": "maskvq_jax.trainers.mqvae"}
+TRAINERS = {"mqvae": "maskvq_jax.trainers.mqvae", "stackformer": "maskvq_jax.trainers.stackformer"}
 
 
 def get(name: str):
