@@ -1,6 +1,9 @@
 r"""CPU quickstart: a tiny MQ-VAE on procedural shapes (32 px), minutes on a laptop.
 
 The data are generated on the fly (maskvq_jax/datasets/shapes, no download, no build step).
+LPIPS (VGG16) dominates the step time at this size: ~0.2-0.5 steps/s on 2 CPU cores with it,
+several times faster with `:perceptual=0`. After ~40 steps the kept regions already cover ~99% of
+the object pixels while keeping 50% of the image (eval/object_recall vs eval/kept_fraction).
 
   python -m maskvq_jax.main --config configs/quickstart.py --workdir /tmp/mq_quick
   python -m maskvq_jax.main --config configs/quickstart.py:keep=0.5,scorer=mlp --workdir /tmp/mq_q2
@@ -11,7 +14,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, keep=0.5, scorer="conv", dense=False, steps=300, rules="dp",
+  arg = common.parse_arg(arg, keep=0.5, scorer="conv", dense=False, steps=200, rules="dp",
                          perceptual=1.0, tiny=False)
   c = common.stage1_base(keep=arg.keep, scorer=arg.scorer, dense=arg.dense, batch=16, res=32)
   common.runlocal(c)
