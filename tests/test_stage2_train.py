@@ -33,7 +33,7 @@ def test_train_checkpoint_resume_and_loader(stage1_dir, tmp_path):
   assert np.isfinite(out["train"]["loss"]) and out["train"]["loss/code_loss"] > 0
   # class model on a 16-code tokenizer: 48 classes + 16 codes + null; 64 regions + sos
   cfg = out["config"]
-  assert (cfg.model.vocab_size, cfg.model.position_size, cfg.model.block_size) == (65, 65, 32)
+  assert (cfg.model.vocab_size, cfg.model.position_size, cfg.model.block_size) == (65, 65, 64)
   assert any(f.startswith("samples_") and f.endswith(".png") for f in os.listdir(f"{wd}/images"))
   meta = checkpointing.read_meta(f"{wd}/checkpoints")
   assert meta["config"]["trainer"] == "stackformer"
@@ -49,7 +49,7 @@ def test_train_checkpoint_resume_and_loader(stage1_dir, tmp_path):
   # the evaluation loader reads the layout back (params equal the trained state's)
   model, variables, info = ckpt_loader.load_stage2(wd)
   assert info["step"] == 4 and info["tokenizer"] == os.path.abspath(stage1_dir)
-  assert model.n_classes == 48 and model.null_class and model.block_size == 32
+  assert model.n_classes == 48 and model.null_class and model.block_size == 64
   for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(again["state"].params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(jax.device_get(b)))
 
@@ -83,7 +83,7 @@ def test_workdir_trained_on_another_tokenizer_is_refused(stage1_dir, tmp_path):
   wd = str(tmp_path / "s2")
   trainer.train(tiny(stage1_dir, "steps=2"), wd)
   other = make_stage1_workdir(str(tmp_path / "other"), "keep=0.75")  # K = 48
-  with pytest.raises(ValueError, match=r"model.block_size=32 but this run .* gives 48"):
+  with pytest.raises(ValueError, match=r"tokenizer tokens_per_image=32 but this run .* gives 48"):
     trainer.train(tiny(other, "steps=4"), wd)
   assert checkpointing.Checkpointer(f"{wd}/checkpoints", save_every=1).all_steps() == [1, 2]
 

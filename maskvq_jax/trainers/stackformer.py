@@ -103,7 +103,8 @@ def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
   """A copy of `config` with the tokenizer-derived fields filled in; ValueError on any mismatch.
 
   Derived: model.vocab_size (codebook + sos, or classes + codebook [+ null]), model.position_size
-  (grid^2 + sos), model.block_size (K + ... the sequence length), model.text_dim, input.res.
+  (grid^2 + sos), model.block_size (grid^2 as the authors; it must hold the K kept tokens),
+  model.text_dim, input.res.
   """
   c = ml_collections.ConfigDict(config.to_dict())
   m, tok = c.model, tokenizer
@@ -125,8 +126,8 @@ def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
     m[name] = want
   if m.block_size and m.block_size < k:
     raise ValueError(f"model.block_size={m.block_size} is shorter than the K={k} tokens of {where}")
-  if not m.block_size:
-    m.block_size = k
+  if not m.block_size:  # authors: block_size = grid^2 (1024), whatever K is
+    m.block_size = n_pos
   if c.input.res not in (-1, 0, None) and c.input.res != tok.resolution:
     raise ValueError(f"input.res={c.input.res} but {where} encodes {tok.resolution}px images")
   c.input.res = int(tok.resolution)
@@ -382,17 +383,22 @@ def _run_meta(config, step, mesh, tok_info) -> dict:
   return meta
 
 
-def _check_existing_run(ckpt, config):
+def _check_existing_run(ckpt, config, tok_info):
   """A workdir's own checkpoints must have been trained on the same tokenizer geometry."""
   step = ckpt.latest_step()
   if step is None:
     return
-  old = checkpointing.read_meta(str(ckpt.directory), step).get("config", {}).get("model", {})
-  for k in ("vocab_size", "position_size", "block_size", "n_classes", "text_dim"):
-    if k in old and old[k] != config.model[k]:
-      raise ValueError(f"workdir checkpoint step {step} has model.{k}={old[k]} but this run "
-                       f"(tokenizer {config.tokenizer!r}) gives {config.model[k]}; use a new "
-                       "workdir or the original tokenizer")
+  meta = checkpointing.read_meta(str(ckpt.directory), step)
+  old_model, old_tok = meta.get("config", {}).get("model", {}), meta.get("tokenizer", {})
+  checks = [(f"model.{k}", old_model.get(k), config.model[k])
+            for k in ("vocab_size", "position_size", "block_size", "n_classes", "text_dim")]
+  checks += [(f"tokenizer {k}", old_tok.get(k), tok_info[k])
+             for k in ("tokens_per_image", "keep_ratio", "grid", "codebook_size")]
+  for name, old, new in checks:
+    if old is not None and old != new:
+      raise ValueError(f"workdir checkpoint step {step} has {name}={old} but this run "
+                       f"(tokenizer {config.tokenizer!r}) gives {new}; use a new workdir or the "
+                       "original tokenizer")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -430,7 +436,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=config.ckpt_every_steps,
       max_to_keep=config.max_to_keep, keep_every=config.keep_every_steps,
       async_save=config.async_checkpointing)
-  _check_existing_run(ckpt, config)
+  _check_existing_run(ckpt, config, tok_info)
   need_label, text_len = bool(config.model.n_classes), (
       config.input.text_len if parts.text is not None else 0)
   data = stage2_data.train_iter(config, batch_sh, need_label=need_label, text_len=text_len)

@@ -1,0 +1,29 @@
+r"""Text-conditional Stackformer on MS-COCO captions (TFDS `coco_captions`), d 1024, 12 + 12.
+
+The authors did not release their text-to-image model (reference.md §2.3). Here every block of
+both transformers cross-attends to a jointly trained byte-level text encoder (no tokenizer file,
+fully offline); a learned null text replaces 10 % of the captions for classifier-free guidance.
+Each training example uses one of its captions at random.
+
+  python -m maskvq_jax.main --config configs/stackformer_coco_text.py \
+      --config.tokenizer=/ckpt/mqvae_coco256 --workdir /ckpt/stackformer_coco
+"""
+from configs import common
+from configs import stackformer_common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, tokenizer="", keep=-1.0, batch=240, rules="dp", fsdp=1, model=1)
+  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, text=True)
+  c.model.cond_dropout = 0.1
+  c.expect.keep_ratio = arg.keep
+  c.input.update(name="coco_captions", source="tfds", split="train", num_train_examples=118_287,
+                 augment="crop_flip", label_key="", caption_key="captions/text", text_len=96)
+  c.eval.update(split="val", num_examples=2048)
+  c.sample.update(num=16, guidance_scale=3.0,
+                  prompts="a man riding a wave on top of a surfboard|a plate of food with "
+                          "broccoli|a red double decker bus on a city street|a cat sitting on a "
+                          "laptop computer")
+  c.sharding_rules = "fsdp_tp" if arg.model > 1 and arg.rules == "dp" else arg.rules
+  c.mesh = (("data", -1), ("fsdp", arg.fsdp), ("model", arg.model))
+  return c
