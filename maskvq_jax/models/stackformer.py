@@ -17,6 +17,7 @@ classifier-free guidance. `Attention` and `Block` are shared with the dense base
 text encoder, so all three run the same attention code.
 """
 import dataclasses
+import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -34,6 +35,7 @@ _ONES = nn.initializers.ones_init()
 _LN_EPS = 1e-5  # torch.nn.LayerNorm default.
 
 ACT_NAMES = ("batch", "length", "embed")
+ATTENTION_IMPLS = ("xla", "dot_product")
 # Cache layout [B, H, L, Dh] (heads before length): the per-step q.k^T and weights.v contractions
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
@@ -105,8 +107,14 @@ class Attention(nn.Module):
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  # "xla": einsum + float32 softmax (exact official numerics); "dot_product":
+  # jax.nn.dot_product_attention (cuDNN flash attention on GPUs where it applies). The fused path
+  # has no attention-weight dropout, so it is used only when that dropout is inactive.
+  impl: str = "xla"
 
   def setup(self):
+    if self.impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.impl!r}; choose one of {ATTENTION_IMPLS}")
     self.query = _dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
     self.key = _dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
     self.value = _dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
@@ -126,13 +134,31 @@ class Attention(nn.Module):
     return self._split(self.key(x)), self._split(self.value(x))
 
   def attend(self, q, k, v, mask, *, train: bool):
-    """q [B, H, S, Dh], k/v [B, H, L, Dh], mask broadcastable to [B, H, S, L] -> [B, S, D]."""
+    """q [B, H, S, Dh], k/v [B, H, L, Dh], mask broadcastable to [B, H, S, L] -> [B, S, D].
+
+    mask None means causal over equal-length q and k (the teacher-forced forward).
+    """
     scale = 1.0 / np.sqrt(q.shape[-1])
-    logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
+    if self.impl == "dot_product" and not (train and self.attn_dropout > 0):
+      t = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, S, Dh] -> [B, S, H, Dh]
+      y = jax.nn.dot_product_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
+                                       mask=mask, is_causal=mask is None)
+      y = y.reshape(y.shape[:2] + (self.d_model,))
+      return self.resid_drop(self.proj(y), deterministic=not train)
+    if mask is None:
+      mask = causal_mask(q.shape[2], k.shape[2])
+    single = q.shape[2] == 1 and os.environ.get("EW") == "1"
+    if single:
+      logits = jnp.sum(q * k, axis=-1)[:, :, None, :] * scale
+    else:
+      logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.attn_drop(weights, deterministic=not train)
-    y = jnp.einsum("bhsl,bhld->bshd", weights, v)  # [B, S, H, Dh]
+    if single:
+      y = jnp.sum(weights[:, :, 0, :, None] * v, axis=2)[:, None]  # [B, 1, H, Dh]
+    else:
+      y = jnp.einsum("bhsl,bhld->bshd", weights, v)  # [B, S, H, Dh]
     y = y.reshape(y.shape[:2] + (self.d_model,))
     return self.resid_drop(self.proj(y), deterministic=not train)
 
@@ -162,11 +188,12 @@ class Block(nn.Module):
   resid_dropout: float = 0.0
   cross_attention: bool = False
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   def setup(self):
     self.ln1 = _layer_norm(self.dtype)
     self.attn = Attention(self.d_model, self.n_heads, self.attn_dropout, self.resid_dropout,
-                          self.dtype)
+                          self.dtype, self.attention_impl)
     if self.cross_attention:
       self.ln_cross = _layer_norm(self.dtype)
       self.cross_attn = Attention(self.d_model, self.n_heads, self.attn_dropout,
@@ -191,6 +218,16 @@ class Block(nn.Module):
     h = nn.gelu(self.mlp_fc(self.ln2(x)), approximate=False)
     x = x + self.mlp_drop(self.mlp_out(h), deterministic=not train)
     return nn.with_logical_constraint(x, ACT_NAMES), new_cache
+
+
+class StackBlock(Block):
+  """`Block` with `train` positional, so `nn.remat` can treat it as static (argnum 3)."""
+
+  def __call__(self, x, mask, train, cache=None, index=None, context=None):  # pylint: disable=arguments-differ
+    return super().__call__(x, mask, train=train, cache=cache, index=index, context=context)
+
+
+RematStackBlock = nn.remat(StackBlock, static_argnums=(3,))
 
 
 class Stackformer(nn.Module):
@@ -225,6 +262,8 @@ class Stackformer(nn.Module):
   cond_dropout: float = 0.0
   use_abs_pos: bool = True
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"  # or "dot_product" (jax.nn.dot_product_attention); see Attention
+  remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
 
   # ----- token layout -------------------------------------------------------------------------
   @property
@@ -281,8 +320,9 @@ class Stackformer(nn.Module):
     if self.text_dim:
       self.null_text = self.param("null_text", nn.with_logical_partitioning(_INIT, ("embed",)),
                                   (self.text_dim,), jnp.float32)
-    block = lambda: Block(self.d_model, self.n_heads, self.attn_dropout, self.resid_dropout,
-                          bool(self.text_dim), self.dtype)
+    block_cls = RematStackBlock if self.remat else StackBlock
+    block = lambda: block_cls(self.d_model, self.n_heads, self.attn_dropout, self.resid_dropout,
+                              bool(self.text_dim), self.dtype, self.attention_impl)
     self.code_blocks = [block() for _ in range(self.code_layers)]
     self.position_blocks = [block() for _ in range(self.position_layers)]
     self.code_head_ln = _layer_norm(self.dtype)
@@ -307,7 +347,7 @@ class Stackformer(nn.Module):
       if context is not None:
         kvs, cmask = context
         ctx = (kvs[i][0], kvs[i][1], cmask[:, None, None, :])
-      x, c = blk(x, mask, train=train, cache=None if caches is None else caches[i], index=index,
+      x, c = blk(x, mask, train, cache=None if caches is None else caches[i], index=index,
                  context=ctx)
       new_caches.append(c)
     return x, new_caches
@@ -375,7 +415,7 @@ class Stackformer(nn.Module):
       if drop is not None:
         first = jnp.where(drop, self.null_class_token, codes_in[:, 0])
         codes_in = codes_in.at[:, 0].set(first.astype(codes_in.dtype))
-    mask = causal_mask(t, t)
+    mask = None  # causal; lets the fused attention use its causal kernel
     x = self.embed_drop(self._code_input(codes_in, pos_in, 0, t), deterministic=not train)
     h, _ = self._run(self.code_blocks, x, mask, train=train, context=code_ctx)  # [B, T, D]
     w = nn.with_logical_constraint(h + self.value_emb(next_codes), ACT_NAMES)
