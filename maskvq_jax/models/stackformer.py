@@ -17,7 +17,6 @@ classifier-free guidance. `Attention` and `Block` are shared with the dense base
 text encoder, so all three run the same attention code.
 """
 import dataclasses
-import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -147,18 +146,11 @@ class Attention(nn.Module):
       return self.resid_drop(self.proj(y), deterministic=not train)
     if mask is None:
       mask = causal_mask(q.shape[2], k.shape[2])
-    single = q.shape[2] == 1 and os.environ.get("EW") == "1"
-    if single:
-      logits = jnp.sum(q * k, axis=-1)[:, :, None, :] * scale
-    else:
-      logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
+    logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.attn_drop(weights, deterministic=not train)
-    if single:
-      y = jnp.sum(weights[:, :, 0, :, None] * v, axis=2)[:, None]  # [B, 1, H, Dh]
-    else:
-      y = jnp.einsum("bhsl,bhld->bshd", weights, v)  # [B, S, H, Dh]
+    y = jnp.einsum("bhsl,bhld->bshd", weights, v)  # [B, S, H, Dh]
     y = y.reshape(y.shape[:2] + (self.d_model,))
     return self.resid_drop(self.proj(y), deterministic=not train)
 
