@@ -1,0 +1,168 @@
+r"""Exports a frozen tokenizer's tokens of a dataset split as an ArrayRecord token dataset.
+
+  python -m maskvq_jax.tools.export_tokens --tokenizer_workdir runs/quickstart/stage1 \
+      --split train --out tokens/ [--dataset shapes --source procedural --res 32 --num 8192]
+  # then train stage 2 on it: --config.input.tokens_dir=tokens/
+
+Why: stage 2 normally runs the tokenizer inside every step (the authors' way, with augmentation).
+For large sweeps over Stackformer settings on one tokenizer, encoding each image once is cheaper.
+Exported tokens are those of the un-augmented centre crop (eval preprocessing), in the
+tokenizer's score-descending order (stage 2 raster-sorts them), with the label and the caption.
+
+Layout: `<out>/<split>/tokens-<host>-of-<hosts>.array_record` (one record per example: msgpack of
+codes [K], positions [K], label, caption; see `stage2_data.encode_record`) and
+`<out>/tokens_meta.json` (tokenizer path + geometry, the splits and their files), which the
+stage-2 trainer checks against its own tokenizer. All hosts run the same command (`--multihost`);
+each encodes its `split_for_jax_process` share on its local devices and writes its own file, so
+nothing is gathered. Existing outputs are never overwritten (a new split can be added).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from maskvq_jax import input_pipeline
+from maskvq_jax import stage2_data
+from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.evaluation.progress import Progress
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.export_tokens",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--tokenizer_workdir", required=True,
+                 help="stage-1 workdir or tokenizer directory")
+  p.add_argument("--split", default="train")
+  p.add_argument("--out", required=True)
+  p.add_argument("--dataset", default=None, help="default: the stage-1 run's training dataset")
+  p.add_argument("--source", choices=("tfds", "procedural"), default=None)
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--folder", default=None)
+  p.add_argument("--num", type=int, default=None,
+                 help="examples (procedural: required size; tfds: -1 or unset = whole split)")
+  p.add_argument("--label_key", default="label", help="'' for none")
+  p.add_argument("--caption_key", default="", help="e.g. captions/text (coco_captions)")
+  p.add_argument("--batch_size", type=int, default=None, help="per host (default 16 per device)")
+  p.add_argument("--multihost", action="store_true")
+  return p.parse_args(argv)
+
+
+def _input_block(args, loc, res) -> mlc.ConfigDict:
+  d = checkpoints.dataset_defaults(loc) or {}
+  src = args.source or d.get("source") or "tfds"
+  name = args.dataset or d.get("name")
+  if not name:
+    raise ValueError("--dataset is required for a tokenizer directory (no training config)")
+  num = args.num if args.num is not None else (8192 if src == "procedural" else -1)
+  return mlc.ConfigDict(dict(name=name, source=src, data_dir=args.data_dir or d.get("data_dir", ""),
+                             folder=args.folder or d.get("folder", ""), res=res,
+                             num_train_examples=num, data_seed=d.get("data_seed", 0)))
+
+
+def export(args) -> dict:
+  tok, variables, info = checkpoints.load_tokenizer(args.tokenizer_workdir)
+  if tok.dense:
+    raise ValueError(f"{args.tokenizer_workdir} is a dense VQGAN; export needs an MQ-VAE")
+  loc = checkpoints.describe(args.tokenizer_workdir)
+  inp = _input_block(args, loc, int(tok.resolution))
+  out_dir = os.path.abspath(args.out)
+  split_dir = os.path.join(out_dir, args.split)
+  fname = f"tokens-{jax.process_index():05d}-of-{jax.process_count():05d}.array_record"
+  meta_path = os.path.join(out_dir, stage2_data.TOKENS_META)
+  geometry = checkpoints.tokenizer_info(tok)
+  meta = {"tokenizer": os.path.abspath(args.tokenizer_workdir), "model": geometry,
+          "num_tokens": int(tok.num_tokens), "splits": {}}
+  if os.path.exists(meta_path):
+    meta = stage2_data.tokens_meta(out_dir)
+    if meta["model"] != geometry:
+      raise ValueError(f"{out_dir} holds tokens of another tokenizer ({meta['model']})")
+    if args.split in meta["splits"]:
+      raise FileExistsError(f"{out_dir} already holds split {args.split!r}; choose a new --out")
+  if os.path.exists(os.path.join(split_dir, fname)):
+    raise FileExistsError(f"{split_dir}/{fname} exists; refusing to overwrite it")
+
+  num = None if inp.num_train_examples < 0 else inp.num_train_examples
+  src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
+  n_local = len(src)
+  local_devices = jax.local_devices()
+  bs = args.batch_size or 16 * len(local_devices)
+  if bs % len(local_devices):
+    raise ValueError(f"--batch_size={bs} must be a multiple of the {len(local_devices)} local devices")
+  mesh = jax.sharding.Mesh(np.asarray(local_devices), ("data",))
+  batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  encode = jax.jit(lambda v, x: tok.apply(v, x.astype(jnp.float32) / 127.5 - 1.0, train=False,
+                                          method="encode", rngs={"mask": jax.random.key(0)})[:2],
+                   in_shardings=(repl, batch_sh), out_shardings=(batch_sh, batch_sh))
+  tok_vars = jax.device_put(variables, repl)
+
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  os.makedirs(split_dir, exist_ok=True)
+  tmp = os.path.join(split_dir, fname + ".partial")
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  progress = Progress(f"export/{args.split}", n_local, every_s=5.0, enabled=True)
+  written, t0 = 0, time.time()
+  for lo in range(0, n_local, bs):
+    exs = [src[i] for i in range(lo, min(lo + bs, n_local))]
+    pre = [input_pipeline.preprocess(e, None, res=inp.res, augment="none", keep_mask=False)
+           for e in exs]
+    keep = [(e, p) for e, p in zip(exs, pre) if p is not None]  # undecodable images: skipped
+    if not keep:
+      continue
+    imgs = np.stack([p["image"] for _, p in keep])
+    pad = bs - len(imgs)  # static shapes: pad the last batch, drop the padded rows
+    imgs = np.concatenate([imgs, np.zeros((pad,) + imgs.shape[1:], np.uint8)])
+    codes, positions = jax.device_get(encode(tok_vars, jax.device_put(imgs, batch_sh)))
+    for j, (e, _) in enumerate(keep):
+      label = int(stage2_data._lookup(e, args.label_key)) if args.label_key and _has(e, args.label_key) else -1  # pylint: disable=protected-access
+      caption = stage2_data.caption_of(e, args.caption_key, None) if (
+          args.caption_key or "shape" in e) else ""
+      writer.write(stage2_data.encode_record(codes[j], positions[j], label, caption))
+      written += 1
+    progress(min(lo + bs, n_local))
+  writer.close()
+  os.replace(tmp, os.path.join(split_dir, fname))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("export_tokens_done")
+  if jax.process_index() == 0:
+    meta["splits"][args.split] = {
+        "files": [os.path.join(args.split, f"tokens-{i:05d}-of-{jax.process_count():05d}"
+                               ".array_record") for i in range(jax.process_count())],
+        "num_examples_host0": written, "dataset": inp.name, "source": inp.source}
+    partial = meta_path + ".partial"
+    with open(partial, "w") as f:
+      json.dump(meta, f, indent=2)
+    os.replace(partial, meta_path)
+  return {"written": written, "seconds": time.time() - t0, "out": out_dir}
+
+
+def _has(ex, key):
+  try:
+    stage2_data._lookup(ex, key)  # pylint: disable=protected-access
+    return True
+  except KeyError:
+    return False
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.multihost:
+    jax.distributed.initialize()
+  try:
+    out = export(args)
+  except (ValueError, FileExistsError, FileNotFoundError) as e:
+    print(f"export_tokens: error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {out['written']} examples ({jax.process_count()} host(s)) to {out['out']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
