@@ -1,0 +1,187 @@
+r"""The two-stage quickstart: stage 1 (MQ-VAE) -> stage 2 (Stackformer) -> pictures + metrics.json.
+
+  bash launch/quickstart.sh [WORKDIR]                      # what the README tells you to run
+  python -m maskvq_jax.tools.quickstart --workdir runs/quickstart [--tiny]
+
+Why one entry point: a newcomer's first command should show the whole pipeline working, offline,
+on a CPU: the tokenizer is trained on procedural shapes (`configs/quickstart.py`, no LPIPS
+download), a class-conditional Stackformer with a null class is trained on its tokens
+(`configs/quickstart_stage2.py`), and the workdir then holds
+
+  stage1/ stage2/                 the two trainer workdirs (checkpoints, TensorBoard, images/)
+  reconstructions.png             rows: input | reconstruction | score heat map | kept regions
+  mask/mask_grid.png (+ per-example heat / overlay PNGs)
+  samples_unconditional.png       null-class samples (unconditional)
+  samples_class.png               one row per class (class names in metrics.json)
+  metrics.json                    PSNR, codebook usage, kept-on-object fraction, tokens/s, ...
+
+Re-running resumes finished trainers (no step is redone) and rewrites only the report files.
+`--tiny` (or QUICKSTART_TINY=1 in the shell script) is the CI size: 16 px, a few steps, ~1-2 min.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import quickstart as stage1_config
+from configs import quickstart_stage2 as stage2_config
+from maskvq_jax import sample as sample_cli
+from maskvq_jax import trainers
+from maskvq_jax.datasets.shapes import generate as shapes_gen
+from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.evaluation import codebook
+from maskvq_jax.evaluation import files
+from maskvq_jax.evaluation import mask_analysis
+from maskvq_jax import sampling
+
+SIZES = {  # (stage-1 config arg, stage-2 config arg, report images, samples per grid)
+    "full": ("perceptual=0,steps=300", "steps=600", 256, 16),
+    "tiny": ("tiny,perceptual=0,steps=4", "tiny,steps=4", 32, 8),
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.quickstart",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", default="runs/quickstart")
+  p.add_argument("--tiny", action="store_true", help="CI size (16 px, a few steps)")
+  p.add_argument("--stage1", default=None, help="override the stage-1 config arg")
+  p.add_argument("--stage2", default=None, help="override the stage-2 config arg")
+  return p.parse_args(argv)
+
+
+def _log(msg):
+  print(f"[quickstart] {msg}", file=sys.stderr, flush=True)
+
+
+def _grid(rows: list[np.ndarray]) -> np.ndarray:
+  """rows of uint8 [n, H, W, 3] -> one image, one row per entry."""
+  return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+
+
+def _upscale(a: np.ndarray, min_side: int = 64) -> np.ndarray:
+  f = max(1, -(-min_side // a.shape[1]))
+  return np.repeat(np.repeat(a, f, axis=-3), f, axis=-2) if f > 1 else a
+
+
+def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
+  """Reconstructions, mask figures and stage-1 metrics on `num` validation shapes."""
+  model, variables, info = checkpoints.load_tokenizer(stage1_dir)
+  exs = [shapes_gen.make_example(0, i, res, "validation") for i in range(num)]
+  images = np.stack([e["image"] for e in exs])
+  masks = np.stack([e["mask"] for e in exs])
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, rngs={"mask": jax.random.key(0)}))
+  x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+  rec, aux = apply(variables, x)
+  rec = jnp.clip(rec.astype(jnp.float32), -1.0, 1.0)
+  psnr = float(jnp.mean(dm_pix.psnr((x + 1) / 2, (rec + 1) / 2)))
+  usage = codebook.CodebookUsage(model.codebook_size)
+  usage.update(np.asarray(aux["codes"]))
+  cover = mask_analysis.summarize(jax.device_get(mask_analysis.object_coverage(
+      aux["mask"], mask_analysis.pool_to_grid(masks, model.grid))))
+  rec8 = np.asarray(jnp.clip(jnp.rint((rec + 1) * 127.5), 0, 255).astype(jnp.uint8))
+  from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # CLU -> TF
+  grid = writers.recon_grid(np.asarray(x[:8]), np.asarray(rec[:8]), np.asarray(aux["scores"][:8]),
+                            np.asarray(aux["mask"][:8]))
+  files.save_png(os.path.join(out, "reconstructions.png"), _upscale(grid[None], 256)[0])
+  mask_analysis.save_figures(images, np.asarray(aux["scores"]), np.asarray(aux["mask"]),
+                             os.path.join(out, "mask"), max_examples=8)
+  del rec8
+  return {"psnr": psnr, "codebook_used_fraction": usage.result()["used_fraction"],
+          "codebook_perplexity": usage.result()["perplexity"],
+          "kept_on_object_tokens": cover["kept_on_object_tokens"],
+          "object_tokens_chance": cover["chance_tokens"], "object_lift_tokens": cover["lift_tokens"],
+          "kept_on_object_area": cover["kept_on_object"], "keep_ratio": float(model.keep_ratio),
+          "tokens_per_image": int(model.num_tokens), "grid_tokens": int(model.grid) ** 2,
+          "codebook_size": int(model.codebook_size), "num_images": num,
+          "checkpoint_step": info.get("step")}
+
+
+def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
+  """Unconditional (null class) and class-conditional sample grids; sampling tokens/s."""
+  loaded = sample_cli.load(stage2_dir)
+  model, tok = loaded["model"], loaded["tokenizer"]
+  cfg = sampling.SamplerConfig(steps=int(tok.num_tokens))
+  params, tok_vars = loaded["variables"], loaded["tokenizer_variables"]
+  decode = jax.jit(lambda v, c, p: jnp.clip(jnp.rint(
+      (tok.apply(v, c, p, method="decode_codes").astype(jnp.float32) + 1) * 127.5), 0, 255
+  ).astype(jnp.uint8))
+
+  def draw(labels, seed):
+    s = sampling.sample(model, params, jax.random.key(seed), cfg, labels=jnp.asarray(labels))
+    jax.block_until_ready(s.codes)
+    return s
+
+  n_rows = 4
+  classes = [int(c) for c in np.linspace(0, model.n_classes - 1, n_rows).round()]
+  cls_labels = np.repeat(np.asarray(classes, np.int32), per_grid // 2)
+  null = np.full((per_grid,), model.null_class_token, np.int32)
+  draw(null, 0)  # compile
+  t0 = time.perf_counter()
+  s_uncond = draw(null, 1)
+  secs = time.perf_counter() - t0
+  s_class = draw(cls_labels, 2)
+  imgs_u = np.asarray(decode(tok_vars, s_uncond.codes, s_uncond.positions))
+  imgs_c = np.asarray(decode(tok_vars, s_class.codes, s_class.positions))
+  half = per_grid // 2
+  files.save_png(os.path.join(out, "samples_unconditional.png"),
+                 _upscale(_grid([imgs_u[:half], imgs_u[half:]])[None])[0])
+  files.save_png(os.path.join(out, "samples_class.png"),
+                 _upscale(_grid([imgs_c[i * half:(i + 1) * half] for i in range(n_rows)])[None])[0])
+  distinct = all(len(np.unique(p)) == p.size for p in np.asarray(s_class.positions))
+  names = [f"{list(shapes_gen.COLORS)[c % len(shapes_gen.COLORS)]} "
+           f"{shapes_gen.SHAPES[c // len(shapes_gen.COLORS)]}" for c in classes]
+  return {"sampling_tokens_per_s": per_grid * cfg.steps / secs,
+          "sampling_images_per_s": per_grid / secs, "sample_class_rows": names,
+          "positions_distinct": bool(distinct), "checkpoint_step": loaded["info"]["step"]}
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  size = "tiny" if args.tiny else "full"
+  s1_arg, s2_arg, n_report, per_grid = SIZES[size]
+  s1_arg = args.stage1 or s1_arg
+  s2_arg = args.stage2 or s2_arg
+  wd = os.path.abspath(args.workdir)
+  os.makedirs(wd, exist_ok=True)
+  t_all = time.time()
+
+  _log(f"stage 1: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}) -> {wd}/stage1")
+  c1 = stage1_config.get_config(s1_arg)
+  t = time.time()
+  s1 = trainers.get("mqvae").train(c1, os.path.join(wd, "stage1"))
+  s1_secs = time.time() - t
+
+  _log(f"stage 2: Stackformer (configs/quickstart_stage2.py:{s2_arg}) -> {wd}/stage2")
+  c2 = stage2_config.get_config(s2_arg)
+  c2.tokenizer = os.path.join(wd, "stage1")
+  t = time.time()
+  s2 = trainers.get("stackformer").train(c2, os.path.join(wd, "stage2"))
+  s2_secs = time.time() - t
+
+  _log("report: reconstructions, masks, samples, metrics.json")
+  res = c1.input.res
+  metrics = {"size": size, "stage1": tokenizer_report(os.path.join(wd, "stage1"), wd, n_report, res),
+             "stage2": sample_report(os.path.join(wd, "stage2"), wd, per_grid)}
+  metrics["stage1"].update(train_steps=s1["last_step"], train_seconds=round(s1_secs, 1),
+                           final_train_l1=s1["train"].get("loss/l1"))
+  metrics["stage2"].update(train_steps=s2["last_step"], train_seconds=round(s2_secs, 1),
+                           final_train_loss=s2["train"].get("loss"),
+                           final_code_loss=s2["train"].get("loss/code_loss"),
+                           final_position_loss=s2["train"].get("loss/position_loss"))
+  metrics["wall_seconds"] = round(time.time() - t_all, 1)
+  files.write_bytes(os.path.join(wd, "metrics.json"),
+                    (json.dumps(metrics, indent=2) + "\n").encode())
+  _log(f"done in {metrics['wall_seconds']:.0f}s; see {wd}/metrics.json and the PNGs next to it")
+  print(json.dumps(metrics, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
