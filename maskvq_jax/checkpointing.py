@@ -10,7 +10,9 @@ after). Restores reshard onto whatever mesh the abstract target carries.
 Robustness: `restore_latest` walks the steps newest-first; a step that fails to restore (partial
 or corrupt files) is logged, moved aside into `<dir>/../corrupt_checkpoints/` so later saves of the
 same step number do not collide, and the previous step is tried. Uncommitted (tmp) saves are never
-listed by Orbax in the first place.
+listed by Orbax in the first place. A save that cannot be written (disk full, read-only or
+misplaced directory) raises `CheckpointWriteError` naming the directory and the last committed
+step; Orbax commits a step by renaming its tmp directory, so earlier steps are never touched.
 """
 import os
 import shutil
@@ -22,6 +24,10 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; earlier committed steps are intact."""
 
 
 class Checkpointer:
@@ -36,8 +42,23 @@ class Checkpointer:
     self._open()
 
   def _open(self):
-    self.mngr = ocp.CheckpointManager(self.directory,
-                                      options=ocp.CheckpointManagerOptions(**self._opts))
+    try:
+      self.mngr = ocp.CheckpointManager(self.directory,
+                                        options=ocp.CheckpointManagerOptions(**self._opts))
+    except OSError as e:
+      raise CheckpointWriteError(
+          f"cannot open checkpoint directory {self.directory} ({type(e).__name__}: {e}); is the "
+          "workdir writable, and a directory?") from e
+
+  def _write_error(self, what: str, e: OSError) -> CheckpointWriteError:
+    try:
+      last = self.mngr.latest_step()
+    except Exception:  # pylint: disable=broad-except  # only for the message
+      last = None
+    return CheckpointWriteError(
+        f"cannot write {what} to {self.directory} ({type(e).__name__}: {e}); earlier checkpoints "
+        f"are intact (latest committed step: {last}). Free space or fix permissions, then rerun "
+        "with the same --workdir to resume.")
 
   # -- queries -------------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
@@ -58,14 +79,22 @@ class Checkpointer:
     """Saves if the manager's interval says so (or `force`). Returns whether a save started."""
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
                  data=ocp.args.JsonSave(data_state or {}))
-    return self.mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      return self.mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    except OSError as e:
+      raise self._write_error(f"checkpoint step {step}", e) from e
 
   def wait(self):
-    self.mngr.wait_until_finished()
+    try:
+      self.mngr.wait_until_finished()
+    except OSError as e:
+      raise self._write_error("a checkpoint (async commit)", e) from e
 
   def close(self):
-    self.mngr.wait_until_finished()
-    self.mngr.close()
+    try:
+      self.wait()
+    finally:
+      self.mngr.close()
 
   # -- restore -------------------------------------------------------------------------------
   def restore(self, step: int, abstract_state: Any):

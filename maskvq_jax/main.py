@@ -2,10 +2,15 @@ r"""Entry point: `python -m maskvq_jax.main --config configs/<x>.py[:args] --wor
 
 Overrides: `--config.input.batch_size=64 --config.mesh='(("data",-1),("fsdp",4),("model",1))'`.
 Multi-host (TPU pods, multi-node GPU): add `--multihost` so `jax.distributed.initialize()` runs
-first (it raises on a plain single host, hence the flag). The trainer is chosen by
-`config.trainer` through `maskvq_jax.trainers`.
+first (it raises on a plain single host, hence the flag) and auto-detects Cloud TPU / SLURM / MPI.
+Where nothing can be detected (several processes on one machine, launch/local_multiprocess.sh, or a
+hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --process_id=i`
+(this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
+`config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
+read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
 """
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -13,18 +18,52 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from maskvq_jax import checkpointing
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and images go here.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator; skips auto-detection.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (explicit mode).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit mode).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def init_distributed(multihost: bool, coordinator: Optional[str], num_processes: Optional[int],
+                     process_id: Optional[int]):
+  """Starts JAX's multi-controller runtime: explicitly when a coordinator is given, else detected.
+
+  Raises:
+    app.UsageError: an incomplete or inconsistent set of explicit flags.
+  """
+  explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
+              "process_id": process_id}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if not given:
+    if multihost:
+      jax.distributed.initialize()
+    return
+  if len(given) != 3:
+    missing = sorted(set(explicit) - set(given))
+    raise app.UsageError(f"--coordinator_address, --num_processes and --process_id go together; "
+                         f"got {given}, missing {missing}")
+  if ":" not in coordinator:
+    raise app.UsageError(f"--coordinator_address={coordinator!r} must be host:port")
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise app.UsageError(f"--process_id={process_id} must be in [0, --num_processes="
+                         f"{num_processes})")
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process all-reduce
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                             process_id=process_id)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
+  init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:  # keep TensorFlow (tf.data / TFDS / TensorBoard) off the accelerators
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
@@ -39,7 +78,7 @@ def main(argv):
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
-  except FloatingPointError as e:
+  except (FloatingPointError, checkpointing.CheckpointWriteError) as e:
     logging.error("%s", e)
     sys.exit(f"training stopped: {e}")
   logging.info("done: steps %d -> %d of %d%s", summary["first_step"], summary["last_step"],

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs NUM_PROCESSES copies of `python -m maskvq_jax.main` on THIS machine as one multi-controller
+# JAX job (coordinator on loopback, CPU collectives through gloo). It is the cheapest way to
+# exercise the multi-host code paths (per-host data shares, agreed preemption, multi-process Orbax
+# saves) without a pod, and what tests/test_multiprocess.py drives.
+#
+#   NUM_PROCESSES=2 DEVICES_PER_PROCESS=4 WORKDIR=/tmp/mp_run \
+#     bash launch/local_multiprocess.sh --config configs/quickstart.py:tiny,perceptual=0
+#
+# Process i runs
+#   XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS JAX_PLATFORMS=$PLATFORM \
+#   $PYTHON -m maskvq_jax.main "$@" --workdir $WORKDIR \
+#       --coordinator_address=127.0.0.1:$PORT --num_processes=$NUM_PROCESSES --process_id=i
+# with its output in $LOG_DIR/process_i.log. Arguments after the script name go to
+# maskvq_jax.main unchanged (--config, --config.* overrides). If one process fails, the others
+# are stopped (they would otherwise wait for it in a collective until the coordinator times out);
+# the script exits with the first non-zero status, or 0 when every process succeeded.
+# SIGTERM/SIGINT to the script are forwarded to every process (each saves and exits cleanly).
+#
+# Variables (environment):
+#   WORKDIR              required. Shared workdir of the run (checkpoints, logs).
+#   NUM_PROCESSES        number of processes (default 2).
+#   DEVICES_PER_PROCESS  simulated CPU devices per process (default 4); ignored unless PLATFORM=cpu.
+#   PLATFORM             JAX_PLATFORMS of the processes (default cpu).
+#   PORT                 coordinator port on 127.0.0.1 (default: a free port picked by Python).
+#   LOG_DIR              per-process logs (default $WORKDIR/logs/multiprocess).
+#   PYTHON               interpreter (default <repo>/.venv/bin/python if present, else python3).
+#   DRY_RUN              1: print the commands instead of running them.
+set -euo pipefail
+
+die() { echo "local_multiprocess.sh: $*" >&2; exit 2; }
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -n "${WORKDIR:-}" ]] || die "WORKDIR is not set: the shared workdir of the run (e.g. WORKDIR=/tmp/mp_run)"
+NUM_PROCESSES="${NUM_PROCESSES:-2}"
+DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-4}"
+PLATFORM="${PLATFORM:-cpu}"
+LOG_DIR="${LOG_DIR:-$WORKDIR/logs/multiprocess}"
+DRY_RUN="${DRY_RUN:-0}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+# ---- fail early
+[[ "$NUM_PROCESSES" =~ ^[1-9][0-9]*$ ]] || die "NUM_PROCESSES=$NUM_PROCESSES must be a positive integer"
+[[ "$DEVICES_PER_PROCESS" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS=$DEVICES_PER_PROCESS must be a positive integer"
+[[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN=$DRY_RUN must be 0 or 1"
+command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not executable"
+(( $# > 0 )) || die "no arguments for maskvq_jax.main: pass at least --config configs/<x>.py"
+for a in "$@"; do
+  case "$a" in
+    --workdir*|--coordinator_address*|--num_processes*|--process_id*|--multihost*)
+      die "do not pass $a: the script sets it (use WORKDIR / NUM_PROCESSES / PORT)";;
+  esac
+done
+if [[ -z "${PORT:-}" ]]; then
+  PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
+[[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT > 0 && PORT < 65536 )) || die "PORT=$PORT is not a TCP port"
+
+cmd_for() {  # $1: process id, then the arguments for maskvq_jax.main -> CMD array
+  local id="$1"; shift
+  CMD=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS"
+       "JAX_PLATFORMS=$PLATFORM" "$PYTHON" -m maskvq_jax.main "$@" --workdir "$WORKDIR"
+       "--coordinator_address=127.0.0.1:$PORT" "--num_processes=$NUM_PROCESSES" "--process_id=$id")
+}
+
+cd "$REPO"
+if [[ "$DRY_RUN" == 1 ]]; then
+  for ((i = 0; i < NUM_PROCESSES; i++)); do
+    cmd_for "$i" "$@"
+    printf '%q ' "${CMD[@]}"; echo "> $LOG_DIR/process_$i.log 2>&1 &"
+  done
+  exit 0
+fi
+
+mkdir -p "$LOG_DIR"
+PIDS=()
+stop_all() {  # $1: signal
+  for p in "${PIDS[@]}"; do kill -"$1" "$p" 2>/dev/null || true; done
+}
+trap 'stop_all TERM' TERM INT
+for ((i = 0; i < NUM_PROCESSES; i++)); do
+  cmd_for "$i" "$@"
+  "${CMD[@]}" > "$LOG_DIR/process_$i.log" 2>&1 &
+  PIDS+=("$!")
+done
+echo "local_multiprocess.sh: ${#PIDS[@]} processes (pids ${PIDS[*]}), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR" >&2
+
+# Wait for every process; on the first failure stop the rest so nobody hangs in a collective.
+STATUS=0
+REMAINING=("${PIDS[@]}")
+while (( ${#REMAINING[@]} > 0 )); do
+  NEXT=()
+  for p in "${REMAINING[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then NEXT+=("$p"); continue; fi
+    rc=0; wait "$p" || rc=$?
+    if (( rc != 0 && STATUS == 0 )); then
+      STATUS=$rc
+      echo "local_multiprocess.sh: process pid $p exited with status $rc; stopping the others (see $LOG_DIR)" >&2
+      stop_all TERM
+    fi
+  done
+  REMAINING=("${NEXT[@]+"${NEXT[@]}"}")
+  (( ${#REMAINING[@]} > 0 )) && sleep 0.5
+done
+exit "$STATUS"
