@@ -42,6 +42,10 @@ class Checkpointer:
     self._open()
 
   def _open(self):
+    if self.directory.exists() and not self.directory.is_dir():  # Orbax would fail only on save
+      raise CheckpointWriteError(
+          f"cannot open checkpoint directory {self.directory}: it exists and is not a directory; "
+          "move it away or choose another --workdir")
     try:
       self.mngr = ocp.CheckpointManager(self.directory,
                                         options=ocp.CheckpointManagerOptions(**self._opts))
