@@ -36,8 +36,9 @@ def get_config(arg=None):
   c.eval.update(split="validation", batch_size=arg.batch, num_examples=2 * arg.batch,
                 every_steps=200)
   c.optim.update(lr=1e-3, warmup_steps=20, min_lr_ratio=0.05)
-  c.sample.update(every_steps=200, num=16, top_k=0, top_p=0.0, position_top_k=0,
-                  position_top_p=0.0)  # plain sampling: small vocabularies
+  # the authors' log_images filters scaled to a 64-code book: top-k ~ 1/8 of the codes
+  c.sample.update(every_steps=200, num=16, top_k=8, top_p=0.95, position_top_k=10,
+                  position_top_p=0.95)
   c.sharding_rules = arg.rules
   c.log_every_steps = 25
   c.ckpt_every_steps = 200
@@ -49,6 +50,6 @@ def get_config(arg=None):
     c.total_steps = 4 if arg.steps == 600 else arg.steps
     c.input.update(batch_size=8, num_train_examples=256, num_threads=1)
     c.eval.update(batch_size=8, num_examples=8, every_steps=0)
-    c.sample.update(every_steps=0, num=8)
+    c.sample.update(every_steps=0, num=8, top_k=4)
     c.log_every_steps, c.ckpt_every_steps = 1, 2
   return c

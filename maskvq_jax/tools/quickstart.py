@@ -107,7 +107,9 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   """Unconditional (null class) and class-conditional sample grids; sampling tokens/s."""
   loaded = sample_cli.load(stage2_dir)
   model, tok = loaded["model"], loaded["tokenizer"]
-  cfg = sampling.SamplerConfig(steps=int(tok.num_tokens))
+  # the authors' log_images filters, scaled to the small codebook (top-k = 1/8 of the codes)
+  cfg = sampling.SamplerConfig(steps=int(tok.num_tokens), top_k=max(1, tok.codebook_size // 8),
+                               top_p=0.95, position_top_k=10, position_top_p=0.95)
   params, tok_vars = loaded["variables"], loaded["tokenizer_variables"]
   decode = jax.jit(lambda v, c, p: jnp.clip(jnp.rint(
       (tok.apply(v, c, p, method="decode_codes").astype(jnp.float32) + 1) * 127.5), 0, 255
