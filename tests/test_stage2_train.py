@@ -118,3 +118,18 @@ def test_nan_guard_stops_before_checkpointing(stage1_dir, tmp_path):
     trainer.train(c, str(tmp_path))
   steps = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every=1).all_steps()
   assert steps and max(steps) < 3
+
+
+def test_text_conditioning_trains_samples_and_loads_in_the_cli(stage1_dir, tmp_path):
+  from maskvq_jax import sample  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / "text")
+  out = trainer.train(tiny(stage1_dir, "cond=text,steps=2", **{"sample.every_steps": 2}), wd)
+  assert out["config"].model.text_dim == 32 and out["state"].text_params is not None
+  assert np.isfinite(out["train"]["loss"])
+  assert any(f.startswith("samples_") for f in os.listdir(f"{wd}/images"))
+  assert sample.main(["--workdir", wd, "--num", "8", "--out", str(tmp_path / "s"),
+                      "--prompts", "a large red circle|a small blue star", "--guidance", "2.0",
+                      "--batch_size", "8"]) == 0
+  z = np.load(str(tmp_path / "s" / "samples_h00000_00000.npz"))
+  assert z["images"].shape == (8, 16, 16, 3)
+  assert sample.main(["--workdir", wd, "--num", "8", "--out", str(tmp_path / "t")]) == 2  # no prompts

@@ -180,7 +180,11 @@ def load_stage2(path: str, step: Optional[int] = None):
                      "kwargs)")
   model = Stackformer(**_model_kwargs(config["model"]))
   tok = jnp.zeros((1, 2), jnp.int32)
-  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), tok, tok, tok)))
+  text = {}
+  if model.text_dim:  # text models need (dummy) text features to trace their init
+    text = dict(text=jnp.zeros((1, 1, model.text_dim)), text_mask=jnp.ones((1, 1), bool))
+  abstract = nn.meta.unbox(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), tok, tok, tok, **text)))
   use_ema = float(config.get("param_ema", 0.0) or 0.0) > 0
   key = "ema_params" if use_ema else "params"
   state = _partial_restore(loc.path, loc.step, {key: _single_device(abstract["params"])})
