@@ -135,6 +135,20 @@ class Checkpointer:
     self._open()
 
 
+def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = ""):
+  """The resume order of both trainers: this run's checkpoints -> `resume` -> None (scratch).
+
+  `resume` is another run's workdir (its `checkpoints/` is used) or a checkpoint directory; it is
+  only read. Returns (step, state, meta, data_state) or None.
+  """
+  restored = ckpt.restore_latest(abstract_state)
+  if restored is None and resume:
+    src = os.path.join(resume, "checkpoints") if os.path.isdir(os.path.join(resume, "checkpoints")) else resume
+    restored = Checkpointer(src, save_every=1, read_only=True).restore_latest(abstract_state)
+    logging.info("resuming from config.resume=%s: %s", src, restored and restored[0])
+  return restored
+
+
 def read_meta(directory: str, step: Optional[int] = None) -> dict:
   """The JSON metadata of a step (latest by default) without touching the arrays."""
   ck = Checkpointer(directory, save_every=1, read_only=True)

@@ -442,12 +442,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = stage2_data.train_iter(config, batch_sh, need_label=need_label, text_len=text_len)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  restored = ckpt.restore_latest(abstract)
-  if restored is None and config.resume:
-    src = config.resume
-    src = os.path.join(src, "checkpoints") if os.path.isdir(os.path.join(src, "checkpoints")) else src
-    restored = checkpointing.Checkpointer(src, save_every=1, read_only=True).restore_latest(abstract)
-    logging.info("resuming from config.resume=%s: %s", src, restored and restored[0])
+  restored = checkpointing.restore_for_training(ckpt, abstract, config.resume)
   if restored is not None:
     step0, state, _, data_state = restored
     if data_state:
