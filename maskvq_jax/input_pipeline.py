@@ -32,8 +32,12 @@ class _Counter:
     with self._lock:
       self.value += n
 
+  def reset(self):
+    with self._lock:
+      self.value = 0
 
-SKIPPED = _Counter()  # corrupt / undecodable images seen by this process
+
+SKIPPED = _Counter()  # corrupt / undecodable images seen by this process in the current run
 
 
 # ------------------------------------------------------------------ sources

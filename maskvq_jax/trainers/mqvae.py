@@ -333,6 +333,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   validate_config(config, jax.device_count())
+  input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.get_rules(config.sharding_rules)
   parts = build(config)

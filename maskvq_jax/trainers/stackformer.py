@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from maskvq_jax import checkpointing
+from maskvq_jax import input_pipeline
 from maskvq_jax import losses_stage2
 from maskvq_jax import sampling
 from maskvq_jax import sharding as sharding_lib
@@ -408,6 +409,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
   config = resolve_config(config, tokenizer)
   validate_config(config, jax.device_count(), tokenizer.num_tokens)
+  input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   if config.input.tokens_dir:
     meta = stage2_data.tokens_meta(config.input.tokens_dir)
     if meta.get("num_tokens") != tokenizer.num_tokens or meta.get("model") != \
