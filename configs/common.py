@@ -54,6 +54,16 @@ def parse_arg(arg, lazy=False, **spec):
   return out
 
 
+def loop_defaults(c):
+  """Logging / checkpoint cadence shared by the stage-1 and stage-2 configs."""
+  c.log_every_steps = 50
+  c.ckpt_every_steps = 2000
+  c.keep_every_steps = 50_000
+  c.max_to_keep = 3
+  c.async_checkpointing = True
+  c.param_overview = True
+
+
 def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)):
   """The authors' stage-1 recipe (configs/stage1/mqvae_imagenet_f8_r30.yml + vqperceptual.py)."""
   c = mlc.ConfigDict()
@@ -96,12 +106,7 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
   c.sharding_rules = "dp"              # dp | fsdp | fsdp_tp (maskvq_jax/sharding.py)
 
-  c.log_every_steps = 50
-  c.ckpt_every_steps = 2000
-  c.keep_every_steps = 50_000
-  c.max_to_keep = 3
-  c.async_checkpointing = True
-  c.param_overview = True
+  loop_defaults(c)
   c.run_steps = -1                     # > 0: stop this run after that many steps (with a checkpoint)
   c.debug_inject_nan_step = -1         # fault injection for tests: NaN loss at this step
   c.profile = False

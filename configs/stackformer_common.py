@@ -10,6 +10,8 @@ fail with a clear error on a mismatch.
 """
 import ml_collections as mlc
 
+from configs import common
+
 
 def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12, 12),
                 dropout=0.1, n_classes=0, text=False):
@@ -63,12 +65,7 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
   c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
   c.sharding_rules = "dp"              # large models: fsdp, or fsdp_tp with a "model" axis
 
-  c.log_every_steps = 50
-  c.ckpt_every_steps = 2000
-  c.keep_every_steps = 50_000
-  c.max_to_keep = 3
-  c.async_checkpointing = True
-  c.param_overview = True
+  common.loop_defaults(c)
   c.run_steps = -1
   c.debug_inject_nan_step = -1
   c.profile = False

@@ -307,6 +307,19 @@ def _check_finite(pending: list) -> list:
   return fetched
 
 
+def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh):
+  """Both trainers' start: restore (workdir -> `resume`) with the data position, else init."""
+  restored = checkpointing.restore_for_training(ckpt, abstract, resume)
+  if restored is not None:
+    step0, state, _, data_state = restored
+    if data_state:
+      data.set_state(data_state)
+    logging.info("restored step %d", step0)
+    return state
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+
+
 def _run_meta(config, step, mesh) -> dict:
   return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
           "jax_version": jax.__version__, "num_devices": jax.device_count(),
@@ -355,15 +368,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = input_pipeline.train_iter(config, batch_sh)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  restored = checkpointing.restore_for_training(ckpt, abstract, config.resume)
-  if restored is not None:
-    step0, state, _, data_state = restored
-    if data_state:
-      data.set_state(data_state)
-    logging.info("restored step %d", step0)
-  else:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+  state = restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh)
   first = int(jax.device_get(state.step))
 
   lp_params = None

@@ -444,15 +444,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = stage2_data.train_iter(config, batch_sh, need_label=need_label, text_len=text_len)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  restored = checkpointing.restore_for_training(ckpt, abstract, config.resume)
-  if restored is not None:
-    step0, state, _, data_state = restored
-    if data_state:
-      data.set_state(data_state)
-    logging.info("restored step %d", step0)
-  else:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+  state = stage1.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules,
+                                   state_sh)
   first = int(jax.device_get(state.step))
 
   step_fn = jax.jit(functools.partial(train_step, parts=parts),
