@@ -56,3 +56,26 @@ def test_dense_vqgan_baseline_config_trains():
   ((_, new, m),) = _step(c)
   assert all(np.isfinite(v) for v in m.values()), m
   assert "score/mean" not in m and new.batch_stats["g"] == {}
+
+
+def test_step_without_discriminator_equals_full_step_with_gan_off():
+  """`disc_factor = 0` skips the discriminator statically; the generator update, EMA codebook,
+  scorer statistics and reconstruction metrics equal the full step's with the GAN switched off
+  at run time (disc_start beyond the run), and the discriminator is left untouched."""
+  base = {"optim.warmup_steps": 0, "param_ema": 0.9}
+  fast = _step(tiny(**base, **{"loss.disc_factor": 0.0}), steps=2)
+  full = _step(tiny(**base, **{"loss.disc_start": 10**6}), steps=2)
+  for (_, nf, mf), (_, nd, md) in zip(fast, full):
+    for a, b in ((nf.params["g"], nd.params["g"]), (nf.ema_params, nd.ema_params),
+                 (nf.vq_stats, nd.vq_stats), (nf.batch_stats["g"], nd.batch_stats["g"]),
+                 (nf.opt_state["g"], nd.opt_state["g"])):
+      jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v),
+                                                           rtol=2e-5, atol=1e-6), a, b)
+    for k in ("loss/l1", "loss/commit", "loss/total_g", "grad_norm/g", "codebook/perplexity"):
+      np.testing.assert_allclose(mf[k], md[k], rtol=2e-5, err_msg=k)
+    assert set(mf) == set(md)
+    assert mf["loss/d"] == 0.0 and mf["gan/disc_factor"] == 0.0
+  first_old, first_new, _ = fast[0]
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)),
+               (first_old.params["d"], first_old.batch_stats["d"]),
+               (first_new.params["d"], first_new.batch_stats["d"]))
