@@ -22,6 +22,7 @@ from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import fid
+from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation import inception_score
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import prec_recall
@@ -430,3 +431,24 @@ def test_stage2_workdir_sampling_and_fid(tiny_tokenizer, tmp_path):
   assert rep["target"]["kind"] == "stage2" and rep["stage2"]["step"] == 5
   assert rep["metrics"]["fid"] > 0 and rep["metrics"]["sampling/tokens_per_s"] > 0
   assert data.load_npz_images(str(tmp_path / "samples.npz")).shape == (4, 16, 16, 3)
+
+
+def test_samples_folder_of_shards_reads_global_order_and_ignores_grids(tmp_path):
+  """A sampling --out folder: shards of two hosts with interleaved global indices are read in
+  index order, PNG grids beside them are not samples, and a repeated index is a clear error."""
+  imgs = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+  np.savez(tmp_path / "samples_h00000_00000.npz", images=imgs[[0, 2, 4]], index=[0, 2, 4])
+  np.savez(tmp_path / "samples_h00001_00000.npz", images=imgs[[1, 3, 5]], index=[1, 3, 5])
+  files.save_png(str(tmp_path / "grid_000.png"), np.zeros((8, 8, 3), np.uint8))
+  src, n = data.samples_source(str(tmp_path))
+  assert n == 6
+  np.testing.assert_array_equal(np.stack([src[i]["image"] for i in range(n)]), imgs)
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  np.savez(plain / "a.npz", images=imgs[:2])
+  np.savez(plain / "b.npz", images=imgs[2:5])
+  src, n = data.samples_source(str(plain))
+  assert n == 5 and np.array_equal(src[4]["image"], imgs[4])
+  np.savez(tmp_path / "samples_h00001_00001.npz", images=imgs[:1], index=[3])
+  with pytest.raises(ValueError, match="sample index 3 appears twice"):
+    data.samples_source(str(tmp_path))

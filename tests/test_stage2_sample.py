@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from maskvq_jax import sample
+from maskvq_jax.evaluation import data as eval_data
 from maskvq_jax.trainers import stackformer as trainer
 from stage1_testlib import enable_compile_cache
 from stage2_testlib import make_stage1_workdir, tiny
@@ -46,6 +47,12 @@ def test_cli_writes_requested_images_without_duplicate_positions(stage2_dir, tmp
   info = json.load(open(os.path.join(out, "sample_info.json")))
   assert info["num"] == 11 and info["tokens_per_s"] > 0 and info["conditions"] == "classes"
   assert os.path.exists(os.path.join(out, "grid_000.png"))
+  # the evaluator reads the whole --out folder: every shard in global order, not the PNG grids
+  src, n = eval_data.samples_source(out)
+  assert n == 11
+  order = np.argsort(z["index"])
+  for i in (0, 5, 7, 8, 10):
+    np.testing.assert_array_equal(src[i]["image"], z["images"][order[i]])
   # the null class (unconditional) path of a guidance-trained class model
   rc = sample.main(["--workdir", stage2_dir, "--num", "8", "--out", str(tmp_path / "u"),
                     "--classes", "null", "--batch_size", "8"])

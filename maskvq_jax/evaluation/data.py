@@ -10,6 +10,7 @@ Preprocessing of dataset images reuses `input_pipeline.preprocess` (decode, shor
 centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw.
 """
 import dataclasses
+import os
 from typing import Any, Iterator, Optional
 
 from etils import epath
@@ -141,28 +142,66 @@ class _FolderSource:
     return {"image": a}
 
 
+class _ShardsSource:
+  """The `.npz` shards of one sampling run (`python -m maskvq_jax.sample --out DIR`), in global
+  sample order (their "index" arrays; file order when a shard has none). Reads one shard at a
+  time and keeps the last one, so a host's sequential pass loads each file once."""
+
+  def __init__(self, paths: list[str]):
+    self.paths, sizes, indices = paths, [], []
+    for path in paths:
+      with epath.Path(path).open("rb") as fh, np.load(fh) as z:
+        idx = np.asarray(z["index"]) if "index" in z.files else None
+        sizes.append(len(idx) if idx is not None else len(_images_of(z, path)))
+        indices.append(idx)
+    if any(i is None for i in indices):  # not all from the sampling CLI: file order
+      indices = list(np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1]))
+    rows = sorted((int(g), f, r) for f, idx in enumerate(indices) for r, g in enumerate(idx))
+    dup = [g for (g, _, _), (h, _, _) in zip(rows, rows[1:]) if g == h]
+    if dup:
+      raise ValueError(f"sample index {dup[0]} appears twice in the shards under "
+                       f"{os.path.dirname(paths[0])}: are two sampling runs in one folder?")
+    self.rows = [(f, r) for _, f, r in rows]
+    self._cached = (-1, None)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    f, r = self.rows[i]
+    if self._cached[0] != f:
+      self._cached = (f, load_npz_images(self.paths[f]))
+    return {"image": self._cached[1][r]}
+
+
+def _images_of(z, path: str) -> np.ndarray:
+  for k in ("images", "samples", "arr_0"):
+    if k in z.files:
+      return z[k]
+  if len(z.files) != 1:
+    raise ValueError(f"{path}: cannot tell which array holds the images; name it 'images' "
+                     f"(found keys {sorted(z.files)})")
+  return z[z.files[0]]
+
+
 def load_npz_images(path: str) -> np.ndarray:
   """uint8 [N, H, W, 3] from an .npz (key "images", "samples", "arr_0", or its only array)."""
   with epath.Path(files.absolute(path)).open("rb") as f, np.load(f) as z:
-    for k in ("images", "samples", "arr_0"):
-      if k in z.files:
-        a = z[k]
-        break
-    else:
-      if len(z.files) != 1:
-        raise ValueError(f"{path}: cannot tell which array holds the images; name it 'images' "
-                         f"(found keys {sorted(z.files)})")
-      a = z[z.files[0]]
+    a = _images_of(z, path)
   if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
     raise ValueError(f"{path}: samples must be uint8 [N, H, W, 3], got {a.dtype} {a.shape}")
   return a
 
 
 def samples_source(path: str):
-  """(random-access source of {"image": uint8 HWC}, N) for an image folder or an .npz file
-  (local or gs://); folder images are read in sorted path order, recursively."""
+  """(random-access source of {"image": uint8 HWC}, N) for an image folder, a folder of .npz
+  shards (the sampling CLI's --out: its PNG grids are then ignored) or one .npz file (local or
+  gs://); folder images are read in sorted path order, recursively."""
   p = epath.Path(files.absolute(path))
-  if p.is_dir():
+  shards = sorted(str(q) for q in p.glob("*.npz")) if p.is_dir() else []
+  if shards:
+    src = _ShardsSource(shards)
+  elif p.is_dir():
     paths = sorted(str(q) for q in p.glob("**/*") if q.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
       raise FileNotFoundError(f"--samples folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} "
