@@ -154,10 +154,27 @@ class Attention(nn.Module):
     y = y.reshape(y.shape[:2] + (self.d_model,))
     return self.resid_drop(self.proj(y), deterministic=not train)
 
+  def _fused_qkv(self, x):
+    """q, k, v of x [B, S, D] from ONE matmul against the concatenated [D, 3D] kernels.
+
+    Used while decoding (one token per step): each small matmul there costs a fixed dispatch
+    overhead comparable to its arithmetic, so three become one. The concatenation is loop
+    invariant (XLA hoists it out of the decode loop). Same products as the three Dense layers.
+    """
+    ps = [m.variables["params"] for m in (self.query, self.key, self.value)]
+    kernel = jnp.concatenate([nn.meta.unbox(p["kernel"]) for p in ps], axis=-1)
+    bias = jnp.concatenate([nn.meta.unbox(p["bias"]) for p in ps], axis=-1)
+    x, kernel, bias = _promote_keep_kernel(x, kernel, bias, dtype=self.dtype)
+    y = _mixed_dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+    return tuple(self._split(t) for t in jnp.split(y, 3, axis=-1))
+
   def __call__(self, x, mask, *, train: bool, cache: Optional[dict] = None, index=None):
     """Self-attention of x [B, S, D]. With `cache`, x sits at sequence offset `index`."""
-    q = self.q(x)
-    k, v = self.kv(x)
+    if cache is not None and not self.is_initializing():
+      q, k, v = self._fused_qkv(x)
+    else:
+      q = self.q(x)
+      k, v = self.kv(x)
     new_cache = None
     if cache is not None:
       start = (0, 0, index, 0)
