@@ -246,7 +246,8 @@ def test_progress_reports_rate_and_eta(capsys):
   p(5)
   p(10)
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 2 and err[0].startswith("[demo] 5/10 (50.0%)") and "ETA" in err[0]
+  assert len(err) == 2 and err[0].startswith("[demo] [##########..........] 5/10 (50.0%)")
+  assert "ETA" in err[0] and err[1].startswith("[demo] [####################] 10/10 (100.0%)")
 
 
 # ----- mask analysis -----------------------------------------------------------------------------
