@@ -187,44 +187,62 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   if cfg.debug_inject_nan_step >= 0:  # fault injection for the NaN guard's test
     nll = nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
     ct_nll = ct_nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
-  if float(lc.disc_factor) == 0.0:  # static: the GAN term is zero at every step
-    return _step_without_gan(state, parts, vjp_g, (nll, l1, p_loss, ct_nll, qloss), aux, cols_g,
-                             lambda gp, bs, vq: gen_fwd(gp, bs, vq, rngs[3:])[1][1])
+  # Static: with disc_factor 0 the GAN term is zero at every step, so the discriminator is never
+  # run (same generator update, D's parameters / Adam state / BatchNorm statistics untouched, GAN
+  # metrics zero); the CPU quickstart trains this way.
+  gan = float(lc.disc_factor) != 0.0
+  zero = jnp.zeros((), jnp.float32)
+  dp, bs_d = state.params["d"], state.batch_stats["d"]
+  g_gan = d_weight = gan_scale = norm_last_nll = norm_last_gan = zero
+  ct_rec = ct_nll
+  if gan:
+    # ---- discriminator: real first (BatchNorm order as in the authors' D step), then fake
+    logits_real, vjp_real, bs_d = jax.vjp(lambda p: d_apply(p, bs_d, x), dp, has_aux=True)
+    logits_fake, vjp_fake, bs_d = jax.vjp(lambda p, r: d_apply(p, bs_d, r), dp, rec,
+                                          has_aux=True)
+    g_gan, ct_logits = jax.value_and_grad(losses.generator_loss)(logits_fake)
+    ct_gan = vjp_fake(ct_logits)[1]                                   # d g_gan / d rec
 
-  # ---- discriminator: real first (BatchNorm order as in the authors' D step), then fake
-  dp = state.params["d"]
-  logits_real, vjp_real, bs_d = jax.vjp(lambda p: d_apply(p, state.batch_stats["d"], x), dp,
-                                        has_aux=True)
-  logits_fake, vjp_fake, bs_d = jax.vjp(lambda p, r: d_apply(p, bs_d, r), dp, rec, has_aux=True)
-  g_gan, ct_logits = jax.value_and_grad(losses.generator_loss)(logits_fake)
-  ct_gan = vjp_fake(ct_logits)[1]                                     # d g_gan / d rec
-
-  # ---- adaptive weight from gradients at the decoder's last kernel (pruned pull-backs)
-  zero_q = jnp.zeros_like(qloss)
-  path = lc.get("last_layer", "decoder/conv_out/kernel")
-  g_last_nll = _last_layer(vjp_g((ct_nll, zero_q))[0], path)
-  g_last_gan = _last_layer(vjp_g((ct_gan, zero_q))[0], path)
-  d_weight = losses.adaptive_weight(g_last_nll, g_last_gan, disc_weight=lc.disc_weight,
-                                    max_weight=lc.disc_weight_max)
-  gan_scale = d_weight * df
-  (g_grads,) = vjp_g((ct_nll + gan_scale * ct_gan, jnp.full_like(qloss, lc.codebook_weight)))
+    # ---- adaptive weight from gradients at the decoder's last kernel (pruned pull-backs)
+    zero_q = jnp.zeros_like(qloss)
+    path = lc.get("last_layer", "decoder/conv_out/kernel")
+    g_last_nll = _last_layer(vjp_g((ct_nll, zero_q))[0], path)
+    g_last_gan = _last_layer(vjp_g((ct_gan, zero_q))[0], path)
+    d_weight = losses.adaptive_weight(g_last_nll, g_last_gan, disc_weight=lc.disc_weight,
+                                      max_weight=lc.disc_weight_max)
+    gan_scale = d_weight * df
+    ct_rec = ct_nll + gan_scale * ct_gan
+    norm_last_nll, norm_last_gan = utils.tree_l2(g_last_nll), utils.tree_l2(g_last_gan)
+  (g_grads,) = vjp_g((ct_rec, jnp.full_like(qloss, lc.codebook_weight)))
   loss_g = nll + gan_scale * g_gan + lc.codebook_weight * qloss
 
-  # ---- generator update (and the parameter EMA)
-  new_g, opt_g, ema = _finish_g(state, parts, g_grads)
+  # ---- generator update
+  upd, opt_g = parts.tx_g.update(g_grads, state.opt_state["g"], state.params["g"])
+  new_g = optax.apply_updates(state.params["g"], upd)
   bs_g, vq = cols_g.get("batch_stats", {}), cols_g["vq_stats"]
-
-  # ---- discriminator loss and update
   if cfg.ema_updates_per_step == 2:  # authors: second forward with the updated generator
     (rec2, _), (_, cols2) = gen_fwd(new_g, bs_g, vq, rngs[3:])
     bs_g, vq = cols2.get("batch_stats", {}), cols2["vq_stats"]
-    logits_fake, vjp_fake, bs_d = jax.vjp(
-        lambda p, r: d_apply(p, bs_d, r), dp, jax.lax.stop_gradient(rec2), has_aux=True)
-  d_loss, (ct_real, ct_fake) = jax.value_and_grad(
-      lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
-  d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
-  upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
-  new_d = optax.apply_updates(dp, upd_d)
+    if gan:
+      logits_fake, vjp_fake, bs_d = jax.vjp(
+          lambda p, r: d_apply(p, bs_d, r), dp, jax.lax.stop_gradient(rec2), has_aux=True)
+
+  # ---- discriminator loss and update
+  new_d, opt_d = dp, state.opt_state["d"]
+  d_loss = norm_d = mean_real = mean_fake = zero
+  if gan:
+    d_loss, (ct_real, ct_fake) = jax.value_and_grad(
+        lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
+    d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
+    upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
+    new_d = optax.apply_updates(dp, upd_d)
+    norm_d, mean_real, mean_fake = (utils.tree_l2(d_grads), jnp.mean(logits_real),
+                                    jnp.mean(logits_fake))
+
+  ema = state.ema_params
+  if ema is not None:
+    dcy = cfg.param_ema
+    ema = jax.tree.map(lambda e, q: e * dcy + (1.0 - dcy) * q, ema, new_g)
 
   new_state = state.replace(
       step=state.step + 1, params={"g": new_g, "d": new_d}, opt_state={"g": opt_g, "d": opt_d},
@@ -232,57 +250,10 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   m = {
       "loss/total_g": loss_g, "loss/nll": nll, "loss/l1": l1, "loss/lpips": p_loss,
       "loss/commit": qloss, "loss/g_gan": g_gan, "loss/d": d_loss, "gan/d_weight": d_weight,
-      "gan/disc_factor": df, "gan/logits_real": jnp.mean(logits_real),
-      "gan/logits_fake": jnp.mean(logits_fake),
+      "gan/disc_factor": df, "gan/logits_real": mean_real, "gan/logits_fake": mean_fake,
       "codebook/perplexity": aux["perplexity"], "codebook/usage": aux["usage"],
-      "grad_norm/g": utils.tree_l2(g_grads), "grad_norm/d": utils.tree_l2(d_grads),
-      "grad_norm/g_last_nll": utils.tree_l2(g_last_nll),
-      "grad_norm/g_last_gan": utils.tree_l2(g_last_gan),
-      "param_norm/g": utils.tree_l2(new_g), "lr": parts.lr_g(state.step),
-  }
-  if not cfg.model.dense:
-    m.update(metrics_lib.score_stats(aux["scores"], aux["mask"]))
-  return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), m)
-
-
-def _finish_g(state: TrainState, parts: Parts, g_grads):
-  upd, opt_g = parts.tx_g.update(g_grads, state.opt_state["g"], state.params["g"])
-  new_g = optax.apply_updates(state.params["g"], upd)
-  ema = state.ema_params
-  if ema is not None:
-    dcy = parts.cfg.param_ema
-    ema = jax.tree.map(lambda e, q: e * dcy + (1.0 - dcy) * q, ema, new_g)
-  return new_g, opt_g, ema
-
-
-def _step_without_gan(state, parts, vjp_g, nll_parts, aux, cols_g, second_fwd):
-  """`loss.disc_factor == 0`: L1 (+ LPIPS) + commitment only; the discriminator is not run.
-
-  The same update as the full step with a zero GAN scale (the discriminator's parameters, Adam
-  state and BatchNorm statistics stay as they are), at the cost of the generator alone: on the CPU
-  quickstart this removes about a third of the step. The metric keys are the full step's, the
-  GAN ones zero, so TensorBoard layouts and the NaN guard see the same dict.
-  """
-  cfg, lc = parts.cfg, parts.cfg.loss
-  nll, l1, p_loss, ct_nll, qloss = nll_parts
-  (g_grads,) = vjp_g((ct_nll, jnp.full_like(qloss, lc.codebook_weight)))
-  new_g, opt_g, ema = _finish_g(state, parts, g_grads)
-  bs_g, vq = cols_g.get("batch_stats", {}), cols_g["vq_stats"]
-  if cfg.ema_updates_per_step == 2:  # authors: second forward with the updated generator
-    cols2 = second_fwd(new_g, bs_g, vq)
-    bs_g, vq = cols2.get("batch_stats", {}), cols2["vq_stats"]
-  zero = jnp.zeros((), jnp.float32)
-  new_state = state.replace(step=state.step + 1, params={"g": new_g, "d": state.params["d"]},
-                            opt_state={"g": opt_g, "d": state.opt_state["d"]},
-                            batch_stats={"g": bs_g, "d": state.batch_stats["d"]},
-                            vq_stats=vq, ema_params=ema)
-  m = {
-      "loss/total_g": nll + lc.codebook_weight * qloss, "loss/nll": nll, "loss/l1": l1,
-      "loss/lpips": p_loss, "loss/commit": qloss, "loss/g_gan": zero, "loss/d": zero,
-      "gan/d_weight": zero, "gan/disc_factor": zero, "gan/logits_real": zero,
-      "gan/logits_fake": zero, "codebook/perplexity": aux["perplexity"],
-      "codebook/usage": aux["usage"], "grad_norm/g": utils.tree_l2(g_grads), "grad_norm/d": zero,
-      "grad_norm/g_last_nll": zero, "grad_norm/g_last_gan": zero,
+      "grad_norm/g": utils.tree_l2(g_grads), "grad_norm/d": norm_d,
+      "grad_norm/g_last_nll": norm_last_nll, "grad_norm/g_last_gan": norm_last_gan,
       "param_norm/g": utils.tree_l2(new_g), "lr": parts.lr_g(state.step),
   }
   if not cfg.model.dense:
