@@ -49,14 +49,19 @@ def _time(fn, args_fn, iters, batch):
   return batch * iters / (time.perf_counter() - t)
 
 
-def bench_fwd_bwd(dense, x, iters):
-  """(a)/(d): grads of L1 + qloss; returns updated params-free collections (EMA, BN) each call."""
+def _init(model, x):
+  return nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0),
+                                   "vq_restart": jax.random.PRNGKey(1),
+                                   "mask": jax.random.PRNGKey(2)}, x, train=False))
+
+
+def fwd_bwd_step(dense, x):
+  """(step, (params, cols, key)) of (a)/(d): grads of L1 + qloss and the updated EMA / BN
+  collections; also what benchmarks/profile_cpu.py traces."""
   model = MQVAE(**BENCH, dense=dense)
-  v = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0), "vq_restart": jax.random.PRNGKey(1),
-                                "mask": jax.random.PRNGKey(2)}, x, train=False))
+  v = _init(model, x)
   params, cols = v["params"], {k: v[k] for k in v if k != "params"}
 
-  @functools.partial(jax.jit, donate_argnums=(1,))
   def step(params, cols, key):
     def loss(p):
       (rec, aux), new = model.apply({"params": p, **cols}, x, train=True,
@@ -65,8 +70,13 @@ def bench_fwd_bwd(dense, x, iters):
       return jnp.mean(jnp.abs(x - rec)) + aux["qloss"], new
     grads, new = jax.grad(loss, has_aux=True)(params)
     return grads, new
+  return step, (params, cols, jax.random.PRNGKey(3))
 
-  key = jax.random.PRNGKey(3)
+
+def bench_fwd_bwd(dense, x, iters):
+  """(a)/(d), jitted with donation of the collections (fed back each call)."""
+  step_fn, (params, cols, key) = fwd_bwd_step(dense, x)
+  step = jax.jit(step_fn, donate_argnums=(1,))
   state = {"cols": cols}
 
   def args(out):
@@ -78,8 +88,7 @@ def bench_fwd_bwd(dense, x, iters):
 
 def bench_recon(x, iters):
   model = MQVAE(**BENCH)
-  v = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0), "vq_restart": jax.random.PRNGKey(1),
-                                "mask": jax.random.PRNGKey(2)}, x, train=False))
+  v = _init(model, x)
   f = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   return _time(f, lambda out: (v, x), iters, x.shape[0])
 

@@ -22,8 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 
 CALLS = 3
@@ -31,21 +30,8 @@ CALLS = 3
 
 def _mqvae():
   import bench_mqvae  # pylint: disable=import-outside-toplevel
-  from maskvq_jax.models import MQVAE  # pylint: disable=import-outside-toplevel
   x = jax.random.uniform(jax.random.PRNGKey(0), (8, 64, 64, 3), jnp.float32, -1.0, 1.0)
-  model = MQVAE(**bench_mqvae.BENCH)
-  v = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0), "vq_restart": jax.random.PRNGKey(1),
-                                "mask": jax.random.PRNGKey(2)}, x, train=False))
-  params, cols = v["params"], {k: v[k] for k in v if k != "params"}
-
-  def step(params, cols, key):
-    def loss(p):
-      (rec, aux), new = model.apply({"params": p, **cols}, x, train=True,
-                                    mutable=["batch_stats", "vq_stats"],
-                                    rngs={"vq_restart": key, "mask": key})
-      return jnp.mean(jnp.abs(x - rec)) + aux["qloss"], new
-    return jax.grad(loss, has_aux=True)(params)
-  return step, (params, cols, jax.random.PRNGKey(3))
+  return bench_mqvae.fwd_bwd_step(False, x)
 
 
 def _sampling(weight_dtype):
