@@ -39,6 +39,7 @@ from maskvq_jax.evaluation import checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation import mask_analysis
+from maskvq_jax.evaluation import recon
 from maskvq_jax import sampling
 
 SIZES = {  # (stage-1 config arg, stage-2 config arg, report images, samples per grid)
@@ -57,7 +58,8 @@ STAGE1_OVERRIDES = {"full": {"optim.lr": 5e-4, "loss.disc_factor": 0.0, "eval.ev
 # training budget the unguided class samples often miss the class colour.
 CLASS_GUIDANCE = 3.0
 # One row per class in samples_class.png: four shapes in four colours.
-SAMPLE_CLASSES = (("circle", "red"), ("square", "blue"), ("triangle", "yellow"), ("diamond", "cyan"))
+SAMPLE_CLASSES = (("circle", "red"), ("square", "blue"), ("triangle", "yellow"),
+                  ("diamond", "cyan"))
 
 
 def parse_args(argv=None):
@@ -99,14 +101,12 @@ def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
   usage.update(np.asarray(aux["codes"]))
   cover = mask_analysis.summarize(jax.device_get(mask_analysis.object_coverage(
       aux["mask"], mask_analysis.pool_to_grid(masks, model.grid))))
-  rec8 = np.asarray(jnp.clip(jnp.rint((rec + 1) * 127.5), 0, 255).astype(jnp.uint8))
   from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # CLU -> TF
   grid = writers.recon_grid(np.asarray(x[:8]), np.asarray(rec[:8]), np.asarray(aux["scores"][:8]),
                             np.asarray(aux["mask"][:8]))
   files.save_png(os.path.join(out, "reconstructions.png"), _upscale(grid[None], 256)[0])
   mask_analysis.save_figures(images, np.asarray(aux["scores"]), np.asarray(aux["mask"]),
                              os.path.join(out, "mask"), max_examples=8)
-  del rec8
   return {"psnr": psnr, "codebook_used_fraction": usage.result()["used_fraction"],
           "codebook_perplexity": usage.result()["perplexity"],
           "kept_on_object_tokens": cover["kept_on_object_tokens"],
@@ -125,9 +125,8 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   cfg = sampling.SamplerConfig(steps=int(tok.num_tokens), top_k=max(1, tok.codebook_size // 8),
                                top_p=0.95, position_top_k=10, position_top_p=0.95)
   params, tok_vars = loaded["variables"], loaded["tokenizer_variables"]
-  decode = jax.jit(lambda v, c, p: jnp.clip(jnp.rint(
-      (tok.apply(v, c, p, method="decode_codes").astype(jnp.float32) + 1) * 127.5), 0, 255
-  ).astype(jnp.uint8))
+  decode = jax.jit(lambda v, c, p: recon.quantize_u8(
+      tok.apply(v, c, p, method="decode_codes").astype(jnp.float32)))
 
   def draw(labels, seed):
     s = sampling.sample(model, params, jax.random.key(seed), cfg, labels=jnp.asarray(labels))
@@ -136,8 +135,9 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
 
   n_rows = 4
   colours = list(shapes_gen.COLORS)
+  rows = SAMPLE_CLASSES[:n_rows]
   classes = [shapes_gen.SHAPES.index(shape) * len(colours) + colours.index(colour)
-             for shape, colour in SAMPLE_CLASSES][:n_rows]
+             for shape, colour in rows]
   cls_labels = np.repeat(np.asarray(classes, np.int32), per_grid // 2)
   null = np.full((per_grid,), model.null_class_token, np.int32)
   draw(null, 0)  # compile
@@ -154,8 +154,7 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   files.save_png(os.path.join(out, "samples_class.png"),
                  _upscale(_grid([imgs_c[i * half:(i + 1) * half] for i in range(n_rows)])[None])[0])
   distinct = all(len(np.unique(p)) == p.size for p in np.asarray(s_class.positions))
-  names = [f"{list(shapes_gen.COLORS)[c % len(shapes_gen.COLORS)]} "
-           f"{shapes_gen.SHAPES[c // len(shapes_gen.COLORS)]}" for c in classes]
+  names = [f"{colour} {shape}" for shape, colour in rows]
   return {"sampling_tokens_per_s": per_grid * cfg.steps / secs,
           "class_guidance_scale": CLASS_GUIDANCE,
           "sampling_images_per_s": per_grid / secs, "sample_class_rows": names,
