@@ -29,11 +29,13 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import orbax.checkpoint as ocp
-from PIL import Image
 
 from maskvq_jax import sampling
 from maskvq_jax import sharding as sharding_lib
 from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.evaluation import features
+from maskvq_jax.evaluation import files
+from maskvq_jax.evaluation import recon
 from maskvq_jax.evaluation.progress import Progress
 from maskvq_jax.models import text_encoder as text_lib
 
@@ -193,12 +195,6 @@ def _grid(images: np.ndarray) -> np.ndarray:
   return g.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
-def _save_npz(path: str, **arrays):
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)  # atomic: a reader never sees half a shard
-
-
 class _ShardWriter:
   def __init__(self, out: str, shard_size: int):
     self.out, self.shard_size, self.buf, self.count, self.paths = out, shard_size, [], 0, []
@@ -213,7 +209,7 @@ class _ShardWriter:
       return
     cat = {k: np.concatenate([b[k] for b in self.buf]) for k in self.buf[0]}
     path = os.path.join(self.out, f"samples_h{jax.process_index():05d}_{self.count:05d}.npz")
-    _save_npz(path, **cat)
+    files.save_npz(path, **cat)  # atomic: a reader never sees half a shard
     self.paths.append(path)
     self.buf, self.count = [], self.count + 1
 
@@ -225,16 +221,15 @@ def run(args) -> dict:
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
 
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  rules = tuple(("batch", "data") if n == "batch" else (n, None)
-                for n, _ in sharding_lib.RULES["dp"])
+  mesh = features.data_mesh()
+  rules = sharding_lib.data_axis_rules()
   batch_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   sf_vars = jax.device_put(loaded["variables"], repl)
   tok_vars = jax.device_put(loaded["tokenizer_variables"], repl)
 
   def decode(v, codes, positions):
-    img = tok.apply(v, codes, positions, method="decode_codes").astype(jnp.float32)
-    return jnp.clip(jnp.rint((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return recon.quantize_u8(
+        tok.apply(v, codes, positions, method="decode_codes").astype(jnp.float32))
   decode_fn = jax.jit(decode, in_shardings=(repl, batch_sh, batch_sh), out_shardings=batch_sh)
   text_fn = None
   if loaded["text"] is not None:
@@ -275,8 +270,7 @@ def run(args) -> dict:
     writer.add(**local)
     if jax.process_index() == 0 and b < args.grids:
       g = _local_rows(images)[1] if jax.process_count() == 1 else imgs
-      Image.fromarray(_grid(g[:min(bs, args.num - lo, 64)])).save(
-          os.path.join(out, f"grid_{b:03d}.png"))
+      files.save_png(os.path.join(out, f"grid_{b:03d}.png"), _grid(g[:min(bs, args.num - lo, 64)]))
     progress(min(lo + bs, args.num))
   writer.flush()
   timed = times[1:] if len(times) > 1 else times
@@ -292,8 +286,7 @@ def run(args) -> dict:
           "throughput_includes_compile": len(times) == 1, "seconds": float(sum(times)),
           "num_processes": jax.process_count(), "num_devices": jax.device_count()}
   if jax.process_index() == 0:
-    with open(os.path.join(out, "sample_info.json"), "w") as f:
-      json.dump(info, f, indent=2)
+    files.write_text(os.path.join(out, "sample_info.json"), json.dumps(info, indent=2))
   info["shards"] = writer.paths
   return info
 

@@ -36,6 +36,12 @@ def get_rules(name: str):
   return RULES[name]
 
 
+def data_axis_rules(axis: str = "data"):
+  """The "dp" preset for a 1-D mesh: the batch on `axis`, everything else replicated (the
+  sampling CLI's and the evaluator's meshes)."""
+  return tuple((name, axis) if name == "batch" else (name, None) for name, _ in RULES["dp"])
+
+
 def mesh_shape(mesh_cfg: Sequence[tuple[str, int]], num_devices: int) -> tuple[tuple[str, ...],
                                                                                tuple[int, ...]]:
   """Resolves `(("data", -1), ("fsdp", 2), ...)` against the device count (-1 fills, at most once).

@@ -59,9 +59,7 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
   mesh = features.data_mesh() if mesh is None else mesh
   if batch_size % mesh.size:
     raise ValueError(f"batch_size={batch_size} must be a multiple of the {mesh.size} devices")
-  # the "dp" preset with the batch on this mesh's single "data" axis, everything else replicated
-  rules = tuple(("batch", "data") if name == "batch" else (name, None)
-                for name, _ in sharding_lib.RULES["dp"])
+  rules = sharding_lib.data_axis_rules()  # batch on the single "data" axis, rest replicated
   batch_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   sf_vars = jax.device_put(stackformer_variables, repl)
   tok_vars = jax.device_put(tokenizer_variables, repl)

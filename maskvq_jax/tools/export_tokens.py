@@ -30,6 +30,8 @@ import numpy as np
 from maskvq_jax import input_pipeline
 from maskvq_jax import stage2_data
 from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.evaluation import features
+from maskvq_jax.evaluation import files
 from maskvq_jax.evaluation.progress import Progress
 
 
@@ -94,7 +96,7 @@ def export(args) -> dict:
   bs = args.batch_size or 16 * len(local_devices)
   if bs % len(local_devices):
     raise ValueError(f"--batch_size={bs} must be a multiple of the {len(local_devices)} local devices")
-  mesh = jax.sharding.Mesh(np.asarray(local_devices), ("data",))
+  mesh = features.data_mesh(local_devices)
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   encode = jax.jit(lambda v, x: tok.apply(v, x.astype(jnp.float32) / 127.5 - 1.0, train=False,
@@ -136,10 +138,7 @@ def export(args) -> dict:
         "files": [os.path.join(args.split, f"tokens-{i:05d}-of-{jax.process_count():05d}"
                                ".array_record") for i in range(jax.process_count())],
         "num_examples_host0": written, "dataset": inp.name, "source": inp.source}
-    partial = meta_path + ".partial"
-    with open(partial, "w") as f:
-      json.dump(meta, f, indent=2)
-    os.replace(partial, meta_path)
+    files.write_text(meta_path, json.dumps(meta, indent=2))  # atomic (.partial + rename)
   return {"written": written, "seconds": time.time() - t0, "out": out_dir}
 
 
