@@ -47,6 +47,7 @@ from maskvq_jax import sharding as sharding_lib
 from maskvq_jax import stage2_data
 from maskvq_jax import utils
 from maskvq_jax.evaluation import checkpoints as ckpt_loader
+from maskvq_jax.evaluation import recon
 from maskvq_jax.models import text_encoder as text_lib
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
 from maskvq_jax.trainers import mqvae as stage1  # shared loop helpers (preemption, NaN guard)
@@ -335,7 +336,7 @@ def make_sampler(parts: Parts, mesh, rules, state_sh):
 
   def decode(tok_vars, codes, positions):
     img = parts.tokenizer.apply(tok_vars, codes, positions, method="decode_codes")
-    return jnp.clip(jnp.rint((img.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return recon.quantize_u8(img.astype(jnp.float32))
 
   decode_fn = jax.jit(decode, in_shardings=(repl, batch_sh, batch_sh), out_shardings=batch_sh)
   text_fn = None
