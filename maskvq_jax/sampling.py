@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from maskvq_jax.models.dense_gpt import DenseGPT
-from maskvq_jax.models.stackformer import Stackformer
+from maskvq_jax.models.stackformer import Stackformer, grow_kv_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,12 @@ class SamplerConfig:
   softmax and accumulation stay in the model dtype): about 1.4x faster on CPU, where one-token
   decoding is bound by reading the weights; logits then differ from f32 by ~3e-3 relative
   (golden model; same greedy tokens).
+  cache_buckets = n splits the K steps into n loops with growing static KV-cache lengths
+  ceil(K / n), ceil(2K / n), ..., K: step t attends over (and reads) only its bucket's length
+  instead of K. The not-yet-written tail gets exactly zero attention either way, so the samples
+  are those of one loop (n = 1) up to float rounding of the softmax sums; each bucket is one more
+  compiled loop. None picks one bucket per 16 steps, at most 4 (+5-8 % tokens/s on the 2-core CPU
+  at K = 64, see BENCHMARKS.md).
   """
   steps: int
   temperature: float = 1.0
@@ -52,6 +58,7 @@ class SamplerConfig:
   force_raster_order: bool = False
   guidance_scale: Optional[float] = None
   weight_dtype: Optional[str] = None
+  cache_buckets: Optional[int] = None
 
 
 class SampleOutput(NamedTuple):
@@ -67,13 +74,27 @@ def apply_guidance(cond, uncond, scale: float):
   return cond + (scale - 1.0) * (cond - uncond)
 
 
+# Up to this many candidates the running sum is one matmul with a triangular 0/1 matrix: on CPU
+# XLA lowers jnp.cumsum to ~20 small reduce-window kernels, a fixed cost paid at every decode step.
+_CUMSUM_MATMUL_MAX = 256
+
+
+def _cumsum(x):
+  """Running sum over the last axis (exact float32 dot; every term is a 0/1 multiple)."""
+  k = x.shape[-1]
+  if k > _CUMSUM_MATMUL_MAX:
+    return jnp.cumsum(x, axis=-1)
+  upper = jnp.triu(jnp.ones((k, k), x.dtype))  # upper[j, i] = 1 for j <= i.
+  return jnp.matmul(x, upper, precision=jax.lax.Precision.HIGHEST)
+
+
 def nucleus(sorted_probs, top_p: float):
   """Official top-p on descending probs [..., k]: drop tokens after the cumulative sum reaches p.
 
   The token whose cumulative probability crosses p is kept (the removal mask is shifted right by
   one and the first token is always kept), then the kept mass is renormalised.
   """
-  cum = jnp.cumsum(sorted_probs, axis=-1)
+  cum = _cumsum(sorted_probs)
   remove = cum >= top_p
   remove = jnp.concatenate([jnp.zeros_like(remove[..., :1]), remove[..., :-1]], axis=-1)
   probs = jnp.where(remove, 0.0, sorted_probs)
@@ -122,6 +143,38 @@ def _pick(key, logits, allowed, *, temperature, top_k, top_p, greedy):
   return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+# ----- decode loop ------------------------------------------------------------------------------
+_AUTO_BUCKET_STEPS, _AUTO_MAX_BUCKETS = 16, 4
+
+
+def bucket_stops(steps: int, buckets: Optional[int] = None) -> list:
+  """End steps of the KV-cache-length buckets: ceil(i * steps / n) for i = 1..n (n <= steps).
+
+  buckets None: one bucket per 16 steps, at most 4 (short decodes keep a single loop, so they
+  compile once).
+  """
+  if buckets is None:
+    buckets = min(_AUTO_MAX_BUCKETS, -(-steps // _AUTO_BUCKET_STEPS))
+  n = min(buckets, steps)
+  return sorted({-(-i * steps // n) for i in range(1, n + 1)})
+
+
+def _bucketed_scan(step, carry, xs, stops, grow):
+  """`lax.scan(step, carry, xs)` over steps 0 .. stops[-1] - 1, one scan per bucket.
+
+  Bucket j runs steps [stops[j - 1], stops[j]); grow(carry, length) pads the carried KV caches to
+  the bucket's length before its loop, so each loop is compiled for a static cache length. xs
+  (leading axis = step) is sliced per bucket; outputs are concatenated along the step axis.
+  """
+  outs, start = [], 0
+  for stop in stops:
+    part = jax.tree.map(lambda x: x[start:stop], xs)  # pylint: disable=cell-var-from-loop
+    carry, out = jax.lax.scan(step, grow(carry, stop), part)
+    outs.append(out)
+    start = stop
+  return carry, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+
+
 # ----- validation (host side, before tracing) -------------------------------------------------
 def _check_filter(prefix, temperature, top_k, top_p, size):
   if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
@@ -142,6 +195,10 @@ def _check_common(config, num_codes, max_steps):
       1 <= config.steps <= max_steps):
     raise ValueError(f"steps must be an int in [1, {max_steps}], got {config.steps!r}")
   _check_filter("", config.temperature, config.top_k, config.top_p, num_codes)
+  buckets = config.cache_buckets
+  if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or
+                              buckets < 1):
+    raise ValueError(f"cache_buckets must be None or an int >= 1, got {buckets!r}")
   if config.weight_dtype is not None:
     try:
       ok = jnp.issubdtype(jnp.dtype(config.weight_dtype), jnp.floating)
@@ -242,13 +299,14 @@ def _sample_stackformer(params, rng, labels, text, text_mask, guidance_scale, *,
     drop = jnp.tile(jnp.array([False, True]), b) if guided else None
     code_ctx, pos_ctx = model.apply(params, expand(text), expand(text_mask), drop,
                                     method=Stackformer.encode_context)
-  code_cache, pos_cache = model.init_cache(b2, k, model.dtype)
+  stops = bucket_stops(k, config.cache_buckets)
+  code_cache, pos_cache = model.init_cache(b2, stops[0], model.dtype)
   grid = jnp.arange(n)[None]  # [1, N]
   used = nn.with_logical_constraint(jnp.zeros((b, n), bool), ("batch", None))
 
-  def step(carry, t):
+  def step(carry, xs):
     code_cache, pos_cache, code, pos, used, last = carry
-    key_code, key_pos = jax.random.split(jax.random.fold_in(rng, t))
+    t, (key_code, key_pos) = xs
     code_logits, hidden, code_cache = model.apply(
         params, code_cache, code[:, None], pos[:, None], t, code_ctx, method=Stackformer.code_step)
     code_logits = guide(code_logits[:, 0])  # [B, V]
@@ -272,7 +330,12 @@ def _sample_stackformer(params, rng, labels, text, text_mask, guidance_scale, *,
 
   carry = (code_cache, pos_cache, first, jnp.full((b2,), model.sos_position, jnp.int32), used,
            jnp.full((b,), -1, jnp.int32))
-  _, outs = jax.lax.scan(step, carry, jnp.arange(k, dtype=jnp.int32))
+  grow = lambda c, length: (grow_kv_cache(c[0], length), grow_kv_cache(c[1], length)) + c[2:]
+  ts = jnp.arange(k, dtype=jnp.int32)
+  # Step keys for all steps at once, outside the loop (the same keys as splitting fold_in(rng, t)
+  # inside it, without a PRNG kernel launch per step).
+  keys = jax.vmap(lambda t: jax.random.split(jax.random.fold_in(rng, t)))(ts)  # [K, 2]
+  _, outs = _bucketed_scan(step, carry, (ts, (keys[:, 0], keys[:, 1])), stops, grow)
   outs = [jnp.swapaxes(o, 0, 1) for o in outs]  # [K, B, ...] -> [B, K, ...]
   return SampleOutput(*outs)
 
@@ -311,20 +374,25 @@ def _sample_dense(params, rng, *, model: DenseGPT, config: SamplerConfig, batch_
                   return_logits: bool):
   b, k, c = batch_size, config.steps, model.codebook_size
   params = decode_params(params, model.dtype, config.weight_dtype)
-  cache = model.init_cache(b, k, model.dtype)
+  stops = bucket_stops(k, config.cache_buckets)
+  cache = model.init_cache(b, stops[0], model.dtype)
 
-  def step(carry, t):
+  def step(carry, xs):
     cache, code = carry
+    t, key = xs
     logits, cache = model.apply(params, cache, code[:, None], t, method=DenseGPT.step)
     logits = logits[:, 0]  # [B, V]
-    new_code = _pick(jax.random.fold_in(rng, t), logits[:, :c], None,
+    new_code = _pick(key, logits[:, :c], None,
                      temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                      greedy=config.greedy)
     out = (new_code,) + ((logits,) if return_logits else ())
     return (cache, new_code), out
 
   carry = (cache, jnp.full((b,), model.sos_token, jnp.int32))
-  _, outs = jax.lax.scan(step, carry, jnp.arange(k, dtype=jnp.int32))
+  grow = lambda c, length: (grow_kv_cache(c[0], length),) + c[1:]
+  ts = jnp.arange(k, dtype=jnp.int32)
+  keys = jax.vmap(lambda t: jax.random.fold_in(rng, t))(ts)  # [K] step keys, outside the loop.
+  _, outs = _bucketed_scan(step, carry, (ts, keys), stops, grow)
   codes = jnp.swapaxes(outs[0], 0, 1)
   positions = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
   logits = jnp.swapaxes(outs[1], 0, 1) if return_logits else None

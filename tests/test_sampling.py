@@ -204,6 +204,49 @@ def test_bf16_decode_weights(uncond):
   assert cast["value_emb"]["embedding"].dtype == jnp.float32
 
 
+def test_bucket_stops():
+  assert sampling.bucket_stops(64, 4) == [16, 32, 48, 64]
+  assert sampling.bucket_stops(10, 4) == [3, 5, 8, 10]
+  assert sampling.bucket_stops(3, 8) == [1, 2, 3]
+  assert sampling.bucket_stops(7, 1) == [7]
+  assert sampling.bucket_stops(16) == [16] and sampling.bucket_stops(40) == [14, 27, 40]
+  assert sampling.bucket_stops(256) == [64, 128, 192, 256]
+
+
+@pytest.mark.parametrize("buckets", [2, 5])
+def test_cache_buckets_give_the_same_samples(cls, buckets):
+  """Growing the KV cache per bucket changes nothing but the loop structure."""
+  model, params = cls
+  labels = jnp.arange(6) % 3
+  cfg = SamplerConfig(steps=model.num_positions, top_k=6, top_p=0.9, position_top_k=5,
+                      temperature=2.0, position_temperature=2.0, guidance_scale=1.5,
+                      cache_buckets=1)
+  ref = sampling.sample(model, params, jax.random.key(3), cfg, labels=labels, return_logits=True)
+  out = sampling.sample(model, params, jax.random.key(3),
+                        dataclasses.replace(cfg, cache_buckets=buckets), labels=labels,
+                        return_logits=True)
+  _assert_same_samples(out, ref)
+  dense = DenseGPT(vocab_size=17, block_size=10, d_model=32, n_heads=4, n_layers=2)
+  dparams = _params_dense(dense)
+  cfg = SamplerConfig(steps=10, top_k=5, top_p=0.9, temperature=2.0, cache_buckets=1)
+  ref = sampling.sample_dense(dense, dparams, jax.random.key(1), cfg, batch_size=4,
+                              return_logits=True)
+  out = sampling.sample_dense(dense, dparams, jax.random.key(1),
+                              dataclasses.replace(cfg, cache_buckets=buckets), batch_size=4,
+                              return_logits=True)
+  np.testing.assert_array_equal(out.codes, ref.codes)
+  np.testing.assert_allclose(out.code_logits, ref.code_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cumsum_matches_numpy():
+  x = jax.random.uniform(jax.random.key(0), (3, 100))
+  np.testing.assert_allclose(sampling._cumsum(x), np.cumsum(np.asarray(x, np.float64), -1),  # pylint: disable=protected-access
+                             rtol=1e-6)
+  x = jax.random.uniform(jax.random.key(1), (2, 300))  # Above the matmul limit: jnp.cumsum.
+  np.testing.assert_allclose(sampling._cumsum(x), np.cumsum(np.asarray(x, np.float64), -1),  # pylint: disable=protected-access
+                             rtol=1e-5)
+
+
 def test_sharded_sampling_matches_single_device(cls):
   model, params = cls
   mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
@@ -221,9 +264,13 @@ def test_sharded_sampling_matches_single_device(cls):
   np.testing.assert_allclose(out.code_logits, ref.code_logits, rtol=1e-5, atol=1e-5)
 
 
+def _params_dense(model):
+  return nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+
+
 def test_dense_sampler():
   model = DenseGPT(vocab_size=17, block_size=10, d_model=32, n_heads=4, n_layers=2)
-  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+  params = _params_dense(model)
   out = sampling.sample_dense(model, params, jax.random.key(1),
                               SamplerConfig(steps=10, top_k=5, top_p=0.9), batch_size=4,
                               return_logits=True)
@@ -253,6 +300,8 @@ def test_dense_sampler():
     (SamplerConfig(steps=3), {"batch_size": None}, "batch size"),
     (SamplerConfig(steps=3), {"labels": np.zeros(2, np.int32)}, "labels"),
     (SamplerConfig(steps=3, weight_dtype="int8"), {}, "weight_dtype"),
+    (SamplerConfig(steps=3, cache_buckets=0), {}, "cache_buckets"),
+    (SamplerConfig(steps=3, cache_buckets=True), {}, "cache_buckets"),
 ])
 def test_bad_settings_raise(uncond, cfg, kwargs, match):
   model, params = uncond

@@ -10,7 +10,8 @@ from maskvq_jax.convert_stackformer import (stackformer_kwargs_from_official,
 from maskvq_jax.golden_stackformer import check_stackformer, load_golden_stackformer
 from maskvq_jax.losses_stage2 import stackformer_loss
 from maskvq_jax.models.dense_gpt import DenseGPT
-from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
+from maskvq_jax.models.stackformer import (Stackformer, grow_kv_cache, init_kv_cache, make_sequences,
+                                           split_sequences)
 from maskvq_jax.models.text_encoder import ByteTextEncoder, FlaxCLIPTextEncoder, tokenize_bytes
 
 TINY = dict(vocab_size=17, position_size=13, block_size=12, d_model=32, n_heads=4, code_layers=2,
@@ -273,3 +274,15 @@ def test_sharded_forward_matches_single_device():
   assert out[0].sharding.spec[0] == "data"
   for a, b in zip(ref, out):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_grow_kv_cache():
+  cache = init_kv_cache(2, 3, 4, 2, 5)
+  cache[1]["v"] = cache[1]["v"].at[:, :, 2].set(7.0)
+  grown = grow_kv_cache(cache, 6)
+  assert grown[0]["k"].shape == (3, 2, 6, 5)
+  np.testing.assert_array_equal(grown[1]["v"][:, :, :4], cache[1]["v"])
+  np.testing.assert_array_equal(grown[1]["v"][:, :, 4:], 0.0)
+  assert grow_kv_cache(cache, 4)[0]["k"].shape == (3, 2, 4, 5)
+  with pytest.raises(ValueError, match="shrink"):
+    grow_kv_cache(cache, 3)

@@ -95,6 +95,21 @@ def init_kv_cache(n_layers: int, batch: int, length: int, n_heads: int, head_dim
   return [{"k": zeros(), "v": zeros()} for _ in range(n_layers)]
 
 
+def grow_kv_cache(cache: KVCache, length: int) -> KVCache:
+  """The cache with its length axis zero-padded to `length` (entries kept in place).
+
+  The sampler decodes in buckets of steps with growing static cache lengths, so early steps
+  attend over (and read) a short cache instead of the final one; see `sampling`.
+  """
+  def grow(x):
+    pad = length - x.shape[2]
+    if pad < 0:
+      raise ValueError(f"cannot shrink a KV cache of length {x.shape[2]} to {length}")
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+    return nn.with_logical_constraint(x, CACHE_NAMES)
+  return [{name: grow(x) for name, x in layer.items()} for layer in cache]
+
+
 class Attention(nn.Module):
   """minGPT multi-head attention: separate q/k/v Linear (with bias), scale 1/sqrt(head_dim).
 
