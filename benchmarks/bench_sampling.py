@@ -1,7 +1,6 @@
 r"""Sampling throughput: KV-cached Stackformer vs the dense raster GPT baseline.
 
-Prints ONE JSON line. Tokens/s = batch * steps / seconds (median over runs, after compile; the
-four variants are called in turn, round after round, so that they share the host's noise);
+Prints ONE JSON line. Tokens/s = batch * steps / seconds (median over runs, after compile);
 images/s = batch / seconds. The authors' un-cached sampler managed about 220 tokens/s.
 "masked" / "dense" decode with f32 weights (the parity setting); "*_bf16_weights" store the matmul
 kernels in bf16 (SamplerConfig(weight_dtype="bfloat16")), which halves the bytes read per step.
@@ -26,23 +25,20 @@ from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer
 
 
-def _time_interleaved(fns: dict, runs: int) -> dict:
-  """{name: (median, min) seconds}: each fn compiled and warmed up, then called in turn, `runs`
-  rounds. Interleaving gives every variant the same share of the host's noisy periods."""
-  for fn in fns.values():
-    jax.block_until_ready(fn(0))
-  times = {name: [] for name in fns}
+def _time(fn, runs):
+  """Median and min seconds of `runs` calls after one compile + warm-up call."""
+  jax.block_until_ready(fn(0))
+  times = []
   for i in range(runs):
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(i + 1))
-      times[name].append(time.perf_counter() - t0)
-  return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(i + 1))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), min(times)
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--runs", type=int, default=15)  # Medians: the shared host is noisy.
+  ap.add_argument("--runs", type=int, default=9)  # Medians: the shared host is noisy.
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--steps", type=int, default=64)  # K kept tokens of a 16x16 grid (25 %).
   ap.add_argument("--grid_tokens", type=int, default=256)
@@ -83,11 +79,10 @@ def main():
 
   bf16 = lambda cfg: dataclasses.replace(cfg, weight_dtype="bfloat16")
   load_before = os.getloadavg()[0]
-  t = _time_interleaved({"masked": run_masked(masked_cfg), "dense": run_dense(dense_cfg),
-                         "masked16": run_masked(bf16(masked_cfg)),
-                         "dense16": run_dense(bf16(dense_cfg))}, args.runs)
-  t_masked, t_dense, t_masked16, t_dense16 = (t[k] for k in ("masked", "dense", "masked16",
-                                                             "dense16"))
+  t_masked = _time(run_masked(masked_cfg), args.runs)
+  t_dense = _time(run_dense(dense_cfg), args.runs)
+  t_masked16 = _time(run_masked(bf16(masked_cfg)), args.runs)
+  t_dense16 = _time(run_dense(bf16(dense_cfg)), args.runs)
   result = {
       "bench": "sampling",
       "backend": jax.default_backend(),
