@@ -38,7 +38,7 @@ def _time(fn, runs):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--runs", type=int, default=9)  # Medians: the shared host is noisy.
+  ap.add_argument("--runs", type=int, default=15)  # Medians: the shared host is noisy.
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--steps", type=int, default=64)  # K kept tokens of a 16x16 grid (25 %).
   ap.add_argument("--grid_tokens", type=int, default=256)
