@@ -36,6 +36,18 @@ def _time(fn, runs):
   return statistics.median(times), min(times)
 
 
+def masked_setup(*, grid_tokens=256, codebook=1024, d_model=256, heads=8, layers=4, steps=64):
+  """(model, params, SamplerConfig) of the bench config's Stackformer (random init); also what
+  benchmarks/profile_cpu.py traces."""
+  n = grid_tokens
+  model = Stackformer(vocab_size=codebook + 1, position_size=n + 1, block_size=n, d_model=d_model,
+                      n_heads=heads, code_layers=layers, position_layers=layers)
+  tok = jnp.zeros((1, 2), jnp.int32)
+  cfg = sampling.SamplerConfig(steps=steps, top_k=100, top_p=0.95, position_top_k=10,
+                               position_top_p=0.95)
+  return model, model.init(jax.random.key(0), tok, tok, tok), cfg
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--runs", type=int, default=15)  # Medians: the shared host is noisy.
@@ -49,16 +61,13 @@ def main():
   args = ap.parse_args()
 
   n, b = args.grid_tokens, args.batch
-  masked = Stackformer(vocab_size=args.codebook + 1, position_size=n + 1, block_size=n,
-                       d_model=args.d_model, n_heads=args.heads, code_layers=args.layers,
-                       position_layers=args.layers)
+  masked, masked_params, masked_cfg = masked_setup(
+      grid_tokens=n, codebook=args.codebook, d_model=args.d_model, heads=args.heads,
+      layers=args.layers, steps=args.steps)
   dense = DenseGPT(vocab_size=args.codebook + 1, block_size=n, d_model=args.d_model,
                    n_heads=args.heads, n_layers=2 * args.layers)
   tok = jnp.zeros((1, 2), jnp.int32)
-  masked_params = masked.init(jax.random.key(0), tok, tok, tok)
   dense_params = dense.init(jax.random.key(1), tok)
-  masked_cfg = sampling.SamplerConfig(steps=args.steps, top_k=100, top_p=0.95,
-                                      position_top_k=10, position_top_p=0.95)
   dense_cfg = sampling.SamplerConfig(steps=n, top_k=100, top_p=0.95)
 
   key = jax.random.key(2)

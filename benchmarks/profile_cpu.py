@@ -11,6 +11,7 @@ once. This is how the numbers in BENCHMARKS.md's profiling notes were taken. Imp
 """
 import argparse
 import collections
+import dataclasses
 import functools
 import glob
 import math
@@ -35,14 +36,10 @@ def _mqvae():
 
 
 def _sampling(weight_dtype):
+  import bench_sampling  # pylint: disable=import-outside-toplevel
   from maskvq_jax import sampling  # pylint: disable=import-outside-toplevel
-  from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=import-outside-toplevel
-  m = Stackformer(vocab_size=1025, position_size=257, block_size=256, d_model=256, n_heads=8,
-                  code_layers=4, position_layers=4)
-  tok = jnp.zeros((1, 2), jnp.int32)
-  params = m.init(jax.random.key(0), tok, tok, tok)
-  cfg = sampling.SamplerConfig(steps=64, top_k=100, top_p=0.95, position_top_k=10,
-                               position_top_p=0.95, weight_dtype=weight_dtype)
+  m, params, cfg = bench_sampling.masked_setup()
+  cfg = dataclasses.replace(cfg, weight_dtype=weight_dtype)
   step = functools.partial(sampling._sample_stackformer, labels=None, text=None,  # pylint: disable=protected-access
                            text_mask=None, guidance_scale=None, model=m, config=cfg, batch_size=8,
                            return_logits=False)

@@ -156,7 +156,7 @@ def bucket_stops(steps: int, buckets: Optional[int] = None) -> list:
   if buckets is None:
     buckets = min(_AUTO_MAX_BUCKETS, -(-steps // _AUTO_BUCKET_STEPS))
   n = min(buckets, steps)
-  return sorted({-(-i * steps // n) for i in range(1, n + 1)})
+  return [-(-i * steps // n) for i in range(1, n + 1)]  # strictly increasing: steps / n >= 1
 
 
 def _bucketed_scan(step, carry, xs, stops, grow):

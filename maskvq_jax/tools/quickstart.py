@@ -133,11 +133,10 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
     jax.block_until_ready(s.codes)
     return s
 
-  n_rows = 4
+  n_rows = len(SAMPLE_CLASSES)
   colours = list(shapes_gen.COLORS)
-  rows = SAMPLE_CLASSES[:n_rows]
   classes = [shapes_gen.SHAPES.index(shape) * len(colours) + colours.index(colour)
-             for shape, colour in rows]
+             for shape, colour in SAMPLE_CLASSES]
   cls_labels = np.repeat(np.asarray(classes, np.int32), per_grid // 2)
   null = np.full((per_grid,), model.null_class_token, np.int32)
   draw(null, 0)  # compile
@@ -154,7 +153,7 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   files.save_png(os.path.join(out, "samples_class.png"),
                  _upscale(_grid([imgs_c[i * half:(i + 1) * half] for i in range(n_rows)])[None])[0])
   distinct = all(len(np.unique(p)) == p.size for p in np.asarray(s_class.positions))
-  names = [f"{colour} {shape}" for shape, colour in rows]
+  names = [f"{colour} {shape}" for shape, colour in SAMPLE_CLASSES]
   return {"sampling_tokens_per_s": per_grid * cfg.steps / secs,
           "class_guidance_scale": CLASS_GUIDANCE,
           "sampling_images_per_s": per_grid / secs, "sample_class_rows": names,
