@@ -28,7 +28,7 @@ import optax
 
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from maskvq_jax.models import MQVAE
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.stage1 import trainer
 
 BENCH = dict(resolution=64, in_channels=3, out_channels=3, ch=64, ch_mult=(1, 1, 2), num_res_blocks=2,
              attn_resolutions=(16,), z_channels=128, dropout=0.0, scorer="conv", keep_ratio=0.25,

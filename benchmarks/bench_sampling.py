@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from maskvq_jax import sampling
+from maskvq_jax.stage2 import sampling
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer
 

@@ -169,7 +169,7 @@ def section_stackformer(args):
 
 
 def section_mqvae(args):
-  from maskvq_jax import losses
+  from maskvq_jax.stage1 import losses
   from maskvq_jax.models import MQVAE
   from maskvq_jax.models.discriminator import NLayerDiscriminator
   kw = mqvae_kwargs(args.small)
@@ -214,7 +214,7 @@ def section_mqvae(args):
 
 
 def section_sampling(args):
-  from maskvq_jax import sampling
+  from maskvq_jax.stage2 import sampling
   from maskvq_jax.models.stackformer import Stackformer
   kw, k = stackformer_kwargs(args.small)
   kw = {**kw, "embd_dropout": 0.0, "resid_dropout": 0.0, "attn_dropout": 0.0}

@@ -37,7 +37,7 @@ def _mqvae():
 
 def _sampling(weight_dtype):
   import bench_sampling  # pylint: disable=import-outside-toplevel
-  from maskvq_jax import sampling  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.stage2 import sampling  # pylint: disable=import-outside-toplevel
   m, params, cfg = bench_sampling.masked_setup()
   cfg = dataclasses.replace(cfg, weight_dtype=weight_dtype)
   step = functools.partial(sampling._sample_stackformer, labels=None, text=None,  # pylint: disable=protected-access

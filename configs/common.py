@@ -104,7 +104,7 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.ema_updates_per_step = 1
 
   c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
-  c.sharding_rules = "dp"              # dp | fsdp | fsdp_tp (maskvq_jax/sharding.py)
+  c.sharding_rules = "dp"              # dp | fsdp | fsdp_tp (maskvq_jax/core/sharding.py)
 
   loop_defaults(c)
   c.run_steps = -1                     # > 0: stop this run after that many steps (with a checkpoint)

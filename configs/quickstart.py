@@ -1,6 +1,6 @@
 r"""CPU quickstart: a tiny MQ-VAE on procedural shapes (32 px), minutes on a laptop.
 
-The data are generated on the fly (maskvq_jax/datasets/shapes, no download, no build step).
+The data are generated on the fly (maskvq_jax/data/builders/shapes, no download, no build step).
 LPIPS (VGG16) dominates the step time at this size: ~0.2-0.5 steps/s on 2 CPU cores with it,
 several times faster with `:perceptual=0`. After ~40 steps the kept regions already cover ~99% of
 the object pixels while keeping 50% of the image (eval/object_recall vs eval/kept_fraction).

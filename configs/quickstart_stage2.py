@@ -12,7 +12,7 @@ learned null class dropped 10 % of the time, so sampling with the null class is 
 """
 from configs import common
 from configs import stackformer_common
-from maskvq_jax.datasets.shapes import generate as shapes_gen
+from maskvq_jax.data.builders.shapes import generate as shapes_gen
 
 
 def get_config(arg=None):

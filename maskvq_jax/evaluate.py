@@ -37,12 +37,12 @@ from etils import epath
 import jax
 import numpy as np
 
-from maskvq_jax import sampling
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 from maskvq_jax.evaluation import fid
 from maskvq_jax.evaluation import generate
 from maskvq_jax.evaluation import inception_score
@@ -51,7 +51,7 @@ from maskvq_jax.evaluation import prec_recall
 from maskvq_jax.evaluation import recon
 from maskvq_jax.evaluation import reference
 from maskvq_jax.evaluation import report as report_lib
-from maskvq_jax.evaluation.progress import Progress
+from maskvq_jax.core.progress import Progress
 from maskvq_jax.tools import fetch_weights
 
 SAMPLE_METRICS = ("fid", "is", "pr")
@@ -172,7 +172,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   if "rfid" in want:
     params["inception"] = _inception()
   if "lpips" in want:
-    from maskvq_jax import lpips as lpips_lib  # pylint: disable=import-outside-toplevel  # lazy
+    from maskvq_jax.models import lpips as lpips_lib  # pylint: disable=import-outside-toplevel  # lazy
     lpips_module = lpips_lib.LPIPS("vgg16")
     params["lpips"] = lpips_module.load_params()
   src, n = data.dataset_source(spec)

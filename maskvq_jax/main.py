@@ -18,7 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from maskvq_jax import checkpointing
+from maskvq_jax.core import checkpointing
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)

@@ -30,13 +30,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import orbax.checkpoint as ocp
 
-from maskvq_jax import sampling
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 from maskvq_jax.evaluation import recon
-from maskvq_jax.evaluation.progress import Progress
+from maskvq_jax.core.progress import Progress
 from maskvq_jax.models import text_encoder as text_lib
 
 

@@ -12,9 +12,9 @@ import jax
 
 from configs import quickstart
 from configs import quickstart_stage2
-from maskvq_jax import checkpointing
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax.trainers import mqvae
+from maskvq_jax.core import checkpointing
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.stage1 import trainer as mqvae
 
 
 def make_stage1_workdir(workdir: str, arg: str = "", step: int = 3) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskvq_jax import checkpointing
+from maskvq_jax.core import checkpointing
 from maskvq_jax.evaluation import report as report_lib
 from maskvq_jax.tools import ablation_report
 

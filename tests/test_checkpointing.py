@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskvq_jax import checkpointing
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.core import checkpointing
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path
 
 enable_compile_cache()

@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from maskvq_jax import input_pipeline
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax.datasets.shapes import generate
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.data.builders.shapes import generate
 from stage1_testlib import tiny  # tests/ is on sys.path
 
 
@@ -36,7 +36,7 @@ def test_procedural_examples_are_deterministic_and_consistent():
 
 
 def test_shapes_tfds_builder_matches_generator(tmp_path):
-  from maskvq_jax.datasets.shapes import shapes
+  from maskvq_jax.data.builders.shapes import shapes
   cfg = shapes.ShapesConfig(name="r16_test", res=16, num_train=12, num_validation=4, seed=3)
   b = shapes.Shapes(config=cfg, data_dir=str(tmp_path), file_format="array_record")
   b.download_and_prepare()
@@ -118,7 +118,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
                                     keep_mask=False) is None
   assert input_pipeline.SKIPPED.value == before + 1
 
-  from maskvq_jax.datasets.image_folder import image_folder
+  from maskvq_jax.data.builders.image_folder import image_folder
   folder = tmp_path / "ffhq"
   folder.mkdir()
   for i in (0, 1, 59999, 60000, 60001):

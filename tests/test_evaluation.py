@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from maskvq_jax import checkpointing
+from maskvq_jax.core import checkpointing
 from maskvq_jax import evaluate
-from maskvq_jax import tokenizer_io
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.data import tokenizer as tokenizer_io
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import fid
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 from maskvq_jax.evaluation import inception_score
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import prec_recall
-from maskvq_jax.evaluation import progress
+from maskvq_jax.core import progress
 from maskvq_jax.models.mqvae import MQVAE
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 1), z_channels=32, codebook_size=32,
@@ -355,7 +355,7 @@ def test_evaluate_cli_on_tiny_tokenizer_and_samples(tiny_tokenizer, tmp_path, ca
   assert "codebook/used_fraction" in printed and "rfid" in printed
 
   # samples vs the same split: reference statistics come from the tokenizer pass's cache
-  from maskvq_jax.datasets.shapes import generate  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data.builders.shapes import generate  # pylint: disable=import-outside-toplevel
   samples = np.stack([generate.make_example(7, i, 16, "train")["image"] for i in range(5)])
   np.savez(tmp_path / "samples.npz", images=samples)
   rng = np.random.default_rng(0)
@@ -390,7 +390,7 @@ def test_evaluate_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_stage2_workdir_sampling_and_fid(tiny_tokenizer, tmp_path):
-  from maskvq_jax import sampling  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.stage2 import sampling  # pylint: disable=import-outside-toplevel
   from maskvq_jax.evaluation import generate  # pylint: disable=import-outside-toplevel
   from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=import-outside-toplevel
   tok_dir, tok_model, tok_vars = tiny_tokenizer

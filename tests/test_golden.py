@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from maskvq_jax import convert, tokenizer_io
+from maskvq_jax.parity import convert_mqvae as convert
+from maskvq_jax.data import tokenizer as tokenizer_io
 from maskvq_jax.tools import check_golden, convert_official
 
 from conftest import GOLDEN_DIR

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskvq_jax import fid_golden
+from maskvq_jax.parity import golden_fid as fid_golden
 from maskvq_jax.models import inception
 from maskvq_jax.tools import fetch_weights
 

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskvq_jax import losses
-from maskvq_jax import lpips as lpips_lib
-from maskvq_jax import utils
+from maskvq_jax.stage1 import losses
+from maskvq_jax.models import lpips as lpips_lib
+from maskvq_jax.core import loop as utils
 from maskvq_jax.models.discriminator import NLayerDiscriminator
 
 
@@ -74,7 +74,7 @@ def test_adaptive_weight_matches_taming_formula():
 
 
 def test_loss_modules_do_not_import_tensorflow():
-  code = ("import sys, maskvq_jax.losses, maskvq_jax.lpips, maskvq_jax.models.discriminator, "
-          "maskvq_jax.models, maskvq_jax.sharding, maskvq_jax.metrics; "
+  code = ("import sys, maskvq_jax.stage1.losses, maskvq_jax.models.lpips, maskvq_jax.models.discriminator, "
+          "maskvq_jax.models, maskvq_jax.core.sharding, maskvq_jax.evaluation.step_metrics; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
   subprocess.run([sys.executable, "-c", code], check=True)

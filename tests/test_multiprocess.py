@@ -18,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from maskvq_jax import checkpointing
-from maskvq_jax import input_pipeline
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.core import checkpointing
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path
 
 enable_compile_cache()
@@ -113,7 +113,7 @@ def _restore(workdir, step, config):
 
 def _abstract(config):
   import functools  # pylint: disable=g-import-not-at-top
-  from maskvq_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.core import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.get_rules(config.sharding_rules)
   create = functools.partial(trainer.create_state, parts=trainer.build(config))

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from configs import stackformer_ffhq256
-from maskvq_jax import sharding as sharding_lib
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.tools import plan as plan_lib
 
 

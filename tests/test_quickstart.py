@@ -8,7 +8,7 @@ import math
 import os
 import subprocess
 
-from maskvq_jax import checkpointing
+from maskvq_jax.core import checkpointing
 from maskvq_jax.tools import quickstart
 from stage1_testlib import enable_compile_cache
 

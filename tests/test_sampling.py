@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskvq_jax import sampling
-from maskvq_jax.golden_stackformer import load_golden_stackformer
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.parity.golden_stackformer import load_golden_stackformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, split_sequences
-from maskvq_jax.sampling import SamplerConfig
+from maskvq_jax.stage2.sampling import SamplerConfig
 
 TINY = dict(vocab_size=17, position_size=13, block_size=12, d_model=32, n_heads=4, code_layers=1,
             position_layers=2)

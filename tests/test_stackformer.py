@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskvq_jax.convert_stackformer import (stackformer_kwargs_from_official,
+from maskvq_jax.parity.convert_stackformer import (stackformer_kwargs_from_official,
                                             stackformer_params_from_torch)
-from maskvq_jax.golden_stackformer import check_stackformer, load_golden_stackformer
-from maskvq_jax.losses_stage2 import stackformer_loss
+from maskvq_jax.parity.golden_stackformer import check_stackformer, load_golden_stackformer
+from maskvq_jax.stage2.losses import stackformer_loss
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import (Stackformer, grow_kv_cache, init_kv_cache, make_sequences,
                                            split_sequences)

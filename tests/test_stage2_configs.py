@@ -8,10 +8,10 @@ from configs import quickstart_stage2
 from configs import stackformer_coco_text
 from configs import stackformer_ffhq256
 from configs import stackformer_imagenet256_class
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax import utils
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.core import loop as utils
 from maskvq_jax.models.mqvae import MQVAE
-from maskvq_jax.trainers import stackformer as trainer
+from maskvq_jax.stage2 import trainer
 
 TOKENIZER_256 = MQVAE(resolution=256, keep_ratio=0.25)  # 32 x 32 grid, 1024 codes, K = 256
 

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from maskvq_jax import stage2_data
-from maskvq_jax.datasets.shapes import generate as shapes_gen
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.data import tokens as stage2_data
+from maskvq_jax.data.builders.shapes import generate as shapes_gen
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.tools import export_tokens
-from maskvq_jax.trainers import stackformer as trainer
+from maskvq_jax.stage2 import trainer
 from stage1_testlib import enable_compile_cache
 from stage2_testlib import make_stage1_workdir, tiny
 

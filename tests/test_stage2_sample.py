@@ -8,7 +8,7 @@ import pytest
 
 from maskvq_jax import sample
 from maskvq_jax.evaluation import data as eval_data
-from maskvq_jax.trainers import stackformer as trainer
+from maskvq_jax.stage2 import trainer
 from stage1_testlib import enable_compile_cache
 from stage2_testlib import make_stage1_workdir, tiny
 

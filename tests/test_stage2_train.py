@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskvq_jax import checkpointing
-from maskvq_jax.evaluation import checkpoints as ckpt_loader
-from maskvq_jax.trainers import stackformer as trainer
+from maskvq_jax.core import checkpointing
+from maskvq_jax.data import runs as ckpt_loader
+from maskvq_jax.stage2 import trainer
 from stage1_testlib import enable_compile_cache
 from stage2_testlib import make_stage1_workdir, tiny
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from maskvq_jax import input_pipeline
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path
 
 enable_compile_cache()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from maskvq_jax import checkpointing
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.core import checkpointing
+from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path (rootdir conftest)
 
 enable_compile_cache()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import vqgan_imagenet256
-from maskvq_jax.trainers import mqvae as trainer
+from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path
 
 enable_compile_cache()

@@ -1,5 +1,4 @@
-"""Offline datasets: procedural shapes (numpy + PIL) and local image folders (FFHQ, any folder).
+"""Old home of the dataset builders, kept so `python -m maskvq_jax.datasets.build` still works.
 
-Both are TFDS `GeneratorBasedBuilder`s written as array_record, so `tfds.data_source` gives random
-access for grain. Importing this package does not import TensorFlow; building does (TFDS writer).
+The builders live in `maskvq_jax.data.builders`; the CLI is `maskvq_jax.data.build`.
 """

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from maskvq_jax.evaluation import features
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -73,14 +73,14 @@ def dataset_source(spec: DatasetSpec):
       raise ValueError(f"source=procedural only supports shapes datasets, got {spec.name!r}")
     if spec.num_examples <= 0:
       raise ValueError("source=procedural needs num_examples > 0 (the split is generated)")
-    from maskvq_jax.datasets.shapes import generate  # pylint: disable=import-outside-toplevel
+    from maskvq_jax.data.builders.shapes import generate  # pylint: disable=import-outside-toplevel
     src = generate.ShapesSource(spec.res, spec.num_examples, seed=spec.data_seed, split=spec.split)
     return src, len(src)
   if spec.source != "tfds":
     raise ValueError(f"unknown dataset source {spec.source!r}; choose tfds or procedural")
   _hide_accelerators_from_tf()
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # heavy
-  from maskvq_jax.datasets import registry  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data.builders import registry  # pylint: disable=import-outside-toplevel
   decoders = {"image": tfds.decode.SkipDecoding()}
   b = registry.builder(spec.name, data_dir=spec.data_dir or None, folder=spec.folder)
   if b is None:
@@ -90,7 +90,7 @@ def dataset_source(spec: DatasetSpec):
     if not b.is_prepared():
       if not spec.name.startswith("shapes"):
         raise FileNotFoundError(f"{spec.name} is not built in {b.data_dir}; run python -m "
-                                f"maskvq_jax.datasets.build --name {spec.name} --folder <images>")
+                                f"maskvq_jax.data.build --name {spec.name} --folder <images>")
       b.download_and_prepare()
     src = b.as_data_source(split=spec.split, decoders=decoders)
   n = len(src) if spec.num_examples <= 0 else min(len(src), spec.num_examples)
@@ -101,7 +101,7 @@ def dataset_source(spec: DatasetSpec):
 
 def preprocess_example(ex: dict, res: int) -> dict:
   """Decode + centre crop (the trainer's eval preprocessing); raises on undecodable images."""
-  from maskvq_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
   out = input_pipeline.preprocess(ex, None, res=res, augment="none", keep_mask=True)
   if out is None:
     raise ValueError("an evaluation image cannot be decoded; metrics must see every example, "

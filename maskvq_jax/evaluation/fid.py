@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 from etils import epath
 import numpy as np
 
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 
 
 def statistics(features) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 Why here and not in the sampler: FID needs tens of thousands of images drawn in fixed-size,
 batch-sharded chunks, decoded by the tokenizer on device, gathered to the host as uint8 (what a
 saved PNG holds), plus the sampling throughput (tokens/s) the ablation table reports. The sampler
-itself (`maskvq_jax/sampling.py`) stays a pure function of one batch.
+itself (`maskvq_jax/stage2/sampling.py`) stays a pure function of one batch.
 
 Batch b of a run uses `fold_in(key(seed), b)`, so a run is reproducible for a fixed global batch
 size. Class-conditional models get balanced labels (image i -> class i mod n_classes). The last
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from maskvq_jax import sampling
-from maskvq_jax import sharding as sharding_lib
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import recon
 

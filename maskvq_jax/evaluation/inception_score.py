@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 from etils import epath
 import numpy as np
 
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 
 _KEY_PAIRS = (("kernel", "bias"), ("w", "b"), ("softmax/weights", "softmax/biases"))
 

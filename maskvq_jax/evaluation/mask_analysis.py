@@ -24,7 +24,7 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 
 
 def pool_to_grid(object_mask, grid: int):

@@ -5,10 +5,10 @@ encode/decode of the same images; running the tokenizer once and returning per-e
 (and codes, masks, pool3 features) keeps the pass to a single compiled program over the sharded
 batch, and per-example outputs let `features.BatchRunner` drop padded rows exactly.
 
-Conventions (same as the trainer's eval, `maskvq_jax/metrics.py`):
+Conventions (same as the trainer's eval, `maskvq_jax/evaluation/step_metrics.py`):
   * inputs: uint8 -> x / 127.5 - 1; reconstructions are clipped to [-1, 1];
   * PSNR / SSIM (dm-pix, 11x11 Gaussian window) on [0, 1] images, in float;
-  * LPIPS (VGG16, `maskvq_jax/lpips.py`) on [-1, 1] images;
+  * LPIPS (VGG16, `maskvq_jax/models/lpips.py`) on [-1, 1] images;
   * rFID: the reconstruction is quantised to uint8 first (exactly what a saved PNG would hold),
     then both real and reconstruction go through the FID InceptionV3 (`features.inception_pool3`).
 """

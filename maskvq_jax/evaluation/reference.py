@@ -22,8 +22,8 @@ import numpy as np
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import fid
-from maskvq_jax.evaluation import files
-from maskvq_jax.evaluation.progress import Progress
+from maskvq_jax.core import files
+from maskvq_jax.core.progress import Progress
 
 RESIZE_POLICY = "bilinear-antialias-f32-v1"  # models.inception.resize_to_299
 

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 
 REPORT_VERSION = 1
 DIRECTION = {"fid": "lower", "rfid": "lower", "lpips": "lower", "is": "higher",

@@ -3,7 +3,7 @@
 The MQ-VAE reuses the VQGAN (taming-transformers) blocks unchanged: GroupNorm(32, eps 1e-6),
 swish, ResnetBlock, single-head spatial attention, Downsample with the asymmetric (0, 1) pad and
 nearest Upsample + conv. Parameter names follow the PyTorch modules (`norm1`, `conv1`, `q`, ...)
-so that the official checkpoints map one-to-one (see `maskvq_jax/convert.py`).
+so that the official checkpoints map one-to-one (see `maskvq_jax/parity/convert_mqvae.py`).
 
 Initialisation copies torch's defaults (kaiming-uniform with a=sqrt(5) for weights, U(+-1/sqrt(fan_in))
 for biases) so that models trained from scratch start where the authors' did.

@@ -164,3 +164,14 @@ class MQVAE(nn.Module):
     rec = self.decode(aux["quant"], positions, train)
     aux.update(codes=codes, positions=positions)
     return rec, aux
+
+
+STORED_COLLECTIONS = ("params", "batch_stats", "vq_stats")  # not "perturbations" / "intermediates"
+
+
+def abstract_variables(model: nn.Module, batch: int = 1):
+  """Unboxed ShapeDtypeStructs of the model's stored variables (no compute, no memory)."""
+  x = jnp.zeros((batch, model.resolution, model.resolution, model.in_channels), jnp.float32)
+  rngs = {"params": jax.random.key(0), "mask": jax.random.key(0)}
+  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(rngs, x, train=False)))
+  return {k: v for k, v in abstract.items() if k in STORED_COLLECTIONS}

@@ -12,7 +12,7 @@ with two causal transformers stacked per step:
 This file keeps that exact computation (pre-LN minGPT blocks, separate q/k/v with bias, exact GELU,
 LayerNorm eps 1e-5, N(0, 0.02) init) so official checkpoints load one-to-one, and adds what the
 original lacks: a KV-cached one-token-at-a-time path for both transformers (used by
-`maskvq_jax.sampling`), cross-attention to text features and a learned null condition for
+`maskvq_jax.stage2.sampling`), cross-attention to text features and a learned null condition for
 classifier-free guidance. `Attention` and `Block` are shared with the dense baseline and the byte
 text encoder, so all three run the same attention code.
 """

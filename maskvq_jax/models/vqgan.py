@@ -5,7 +5,7 @@
 taming decoder, used by the dense (plain VQGAN) baseline.
 
 Submodule names follow the torch module paths with dots turned into underscores
-(`down.2.block.0` -> `down_2_block_0`) so that `maskvq_jax/convert.py` maps checkpoints by rule.
+(`down.2.block.0` -> `down_2_block_0`) so that `maskvq_jax/parity/convert_mqvae.py` maps checkpoints by rule.
 """
 from typing import Any, Sequence
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 from etils import epath
 
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 from maskvq_jax.evaluation import report as report_lib
 
 REPORT_NAME = os.path.join("evaluation", "report.json")
@@ -51,7 +51,7 @@ def find_reports(workdir: str) -> list[str]:
 
 def _config_row(workdir: str) -> dict:
   """Keep ratio and tokens per image from a workdir's checkpoint meta (no weights read)."""
-  from maskvq_jax.evaluation import checkpoints  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data import runs as checkpoints  # pylint: disable=import-outside-toplevel
   from maskvq_jax.models import mqvae  # pylint: disable=import-outside-toplevel
   loc = checkpoints.describe(workdir)
   model = (loc.meta.get("config") or {}).get("model") or loc.meta.get("model")

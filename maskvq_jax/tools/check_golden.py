@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from maskvq_jax.golden_rows import Row, compare
+from maskvq_jax.parity.golden_rows import Row, compare
 
 STAGE1_ROOTS = ("encoder.", "decoder.", "masker.", "demasker.", "quantize.", "quant_conv.", "post_quant_conv.")
 
@@ -37,7 +37,7 @@ def check_mqvae(z: dict, rtol: float) -> list[Row]:
   import flax
   import jax
   import jax.numpy as jnp
-  from maskvq_jax import convert
+  from maskvq_jax.parity import convert_mqvae as convert
   from maskvq_jax.models import MQVAE
   from maskvq_jax.models import quantizer as quantizer_lib
 
@@ -80,7 +80,7 @@ def check_mqvae(z: dict, rtol: float) -> list[Row]:
 
 
 def check_stackformer_sections(z: dict, rtol: float) -> list[Row]:
-  from maskvq_jax import golden_stackformer
+  from maskvq_jax.parity import golden_stackformer
   rows = []
   for section in ("gpt", "gpt_class"):
     if any(k.startswith(f"out/{section}/") for k in z):
@@ -89,7 +89,7 @@ def check_stackformer_sections(z: dict, rtol: float) -> list[Row]:
 
 
 def check_fid(z: dict, rtol: float) -> list[Row]:
-  from maskvq_jax import fid_golden
+  from maskvq_jax.parity import golden_fid as fid_golden
   from maskvq_jax.tools import fetch_weights
   return fid_golden.check_fid_inception(z, fetch_weights.inception_params())
 

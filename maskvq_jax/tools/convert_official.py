@@ -8,7 +8,7 @@ r"""Converts an official MQ-VAE checkpoint (or a golden .npz) into our Orbax tok
 its `meta/config_json`. Stage-1 configs (`MaskedVectorQuantizationModel`) and the first stage of
 stage-2 configs (`first_stage_config`, keys `first_stage_model.*`) are both accepted. Unknown or
 missing tensors are listed in one error, and nothing is written then. An existing DIR step is never
-overwritten. Restore with `maskvq_jax.tokenizer_io.load_tokenizer(DIR)`.
+overwritten. Restore with `maskvq_jax.data.tokenizer.load_tokenizer(DIR)`.
 """
 import argparse
 import json
@@ -50,8 +50,8 @@ def read_official_config(config_path: str | None, ckpt_path: str) -> tuple[dict,
 
 
 def convert(ckpt: str, config: str | None, out: str, step: int = 0) -> str:
-  from maskvq_jax import convert as convert_lib
-  from maskvq_jax import tokenizer_io
+  from maskvq_jax.parity import convert_mqvae as convert_lib
+  from maskvq_jax.data import tokenizer as tokenizer_io
   from maskvq_jax.models import MQVAE
   vae_params, prefix = read_official_config(config, ckpt)
   kwargs = convert_lib.mqvae_kwargs_from_official(vae_params)

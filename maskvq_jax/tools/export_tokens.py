@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from maskvq_jax import input_pipeline
-from maskvq_jax import stage2_data
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.data import tokens as stage2_data
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
-from maskvq_jax.evaluation import files
-from maskvq_jax.evaluation.progress import Progress
+from maskvq_jax.core import files
+from maskvq_jax.core.progress import Progress
 
 
 def parse_args(argv=None):

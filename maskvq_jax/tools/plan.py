@@ -2,7 +2,7 @@ r"""Scale on paper: per-device memory and per-host batch of a config on a mesh y
 
 Why: choosing a mesh for a 256-chip pod by trial and error costs pod hours. The train state's
 shapes come from `jax.eval_shape` (nothing is allocated) and its shardings from the same logical
-rules the trainers use (`maskvq_jax.sharding`), laid out on a `jax.sharding.AbstractMesh`, so a
+rules the trainers use (`maskvq_jax.core.sharding`), laid out on a `jax.sharding.AbstractMesh`, so a
 laptop CPU can answer "how many bytes of parameters / optimizer state land on each device of
 data=16,fsdp=16?" exactly. Activations depend on XLA's schedule: `--compile` compiles the real
 train step on this machine's devices with the per-device batch of the target mesh (the model
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from maskvq_jax import sharding as sharding_lib
+from maskvq_jax.core import sharding as sharding_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=False)

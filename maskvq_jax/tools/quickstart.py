@@ -34,13 +34,13 @@ from configs import quickstart as stage1_config
 from configs import quickstart_stage2 as stage2_config
 from maskvq_jax import sample as sample_cli
 from maskvq_jax import trainers
-from maskvq_jax.datasets.shapes import generate as shapes_gen
-from maskvq_jax.evaluation import checkpoints
+from maskvq_jax.data.builders.shapes import generate as shapes_gen
+from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
-from maskvq_jax.evaluation import files
+from maskvq_jax.core import files
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import recon
-from maskvq_jax import sampling
+from maskvq_jax.stage2 import sampling
 
 SIZES = {  # (stage-1 config arg, stage-2 config arg, report images, samples per grid)
     "full": ("perceptual=0,keep=0.25,steps=600", "steps=700", 256, 16),
@@ -101,7 +101,7 @@ def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
   usage.update(np.asarray(aux["codes"]))
   cover = mask_analysis.summarize(jax.device_get(mask_analysis.object_coverage(
       aux["mask"], mask_analysis.pool_to_grid(masks, model.grid))))
-  from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # CLU -> TF
+  from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # CLU -> TF
   grid = writers.recon_grid(np.asarray(x[:8]), np.asarray(rec[:8]), np.asarray(aux["scores"][:8]),
                             np.asarray(aux["mask"][:8]))
   files.save_png(os.path.join(out, "reconstructions.png"), _upscale(grid[None], 256)[0])

@@ -10,11 +10,11 @@ import json
 import jax
 import numpy as np
 
-from maskvq_jax import sampling
-from maskvq_jax.convert_stackformer import (stackformer_kwargs_from_official,
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.parity.convert_stackformer import (stackformer_kwargs_from_official,
                                             stackformer_params_from_torch)
-from maskvq_jax.golden_rows import Row, compare
-from maskvq_jax.losses_stage2 import stackformer_loss
+from maskvq_jax.parity.golden_rows import Row, compare
+from maskvq_jax.stage2.losses import stackformer_loss
 from maskvq_jax.models.stackformer import Stackformer, split_sequences
 
 # Filter settings the golden file used (golden README, "filter_value_probs" / "..._position_").

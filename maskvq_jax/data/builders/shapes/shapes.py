@@ -1,6 +1,6 @@
 """TFDS builder for the procedural shapes dataset (array_record; offline; deterministic).
 
-  from maskvq_jax.datasets.shapes import shapes
+  from maskvq_jax.data.builders.shapes import shapes
   b = shapes.Shapes(config="32", data_dir=d, file_format="array_record"); b.download_and_prepare()
   ds = tfds.data_source("shapes/32", split="train", data_dir=d)
 
@@ -11,7 +11,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from maskvq_jax.datasets.shapes import generate
+from maskvq_jax.data.builders.shapes import generate
 
 
 @dataclasses.dataclass

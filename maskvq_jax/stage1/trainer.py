@@ -20,9 +20,7 @@ jit the arrays are global, so counts already cover the whole (sharded) batch.
 """
 import dataclasses
 import functools
-import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -30,27 +28,23 @@ from absl import logging
 import flax
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from maskvq_jax import checkpointing
-from maskvq_jax import input_pipeline
-from maskvq_jax import losses
-from maskvq_jax import lpips as lpips_lib
-from maskvq_jax import metrics as metrics_lib
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax import utils
+from maskvq_jax.core import checkpointing
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.stage1 import losses
+from maskvq_jax.models import lpips as lpips_lib
+from maskvq_jax.evaluation import step_metrics as metrics_lib
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.core import loop
 from maskvq_jax.models import mqvae as mqvae_lib
 from maskvq_jax.models.discriminator import NLayerDiscriminator
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss became NaN/Inf; raised before anything of that state is checkpointed."""
+DTYPES = loop.DTYPES
+NonFiniteLossError = loop.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -106,18 +100,18 @@ def validate_config(config, num_devices: int):
     raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
   if not 0.0 <= config.param_ema < 1.0:
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
-  if utils.total_steps(config) < 1:
+  if loop.total_steps(config) < 1:
     raise ValueError("total_steps (or total_epochs) gives no training step")
 
 
 # ===================================================================== construction
 def build(config) -> Parts:
-  steps = utils.total_steps(config)
-  warm = utils.warmup_steps(config)
-  lr = utils.learning_rate(config)
+  steps = loop.total_steps(config)
+  warm = loop.warmup_steps(config)
+  lr = loop.learning_rate(config)
   lr_d = config.optim.disc_lr if config.optim.disc_lr > 0 else lr
-  sched_g = utils.schedule(config, lr, steps, warm)
-  sched_d = utils.schedule(config, lr_d, steps, warm)
+  sched_g = loop.schedule(config, lr, steps, warm)
+  sched_d = loop.schedule(config, lr_d, steps, warm)
   adam = lambda s: optax.adam(s, b1=config.optim.b1, b2=config.optim.b2)
   dtype = DTYPES[config.compute_dtype]
   return Parts(cfg=config, model=mqvae_lib.MQVAE(**config.model.to_dict(), dtype=dtype),
@@ -212,7 +206,7 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
                                       max_weight=lc.disc_weight_max)
     gan_scale = d_weight * df
     ct_rec = ct_nll + gan_scale * ct_gan
-    norm_last_nll, norm_last_gan = utils.tree_l2(g_last_nll), utils.tree_l2(g_last_gan)
+    norm_last_nll, norm_last_gan = loop.tree_l2(g_last_nll), loop.tree_l2(g_last_gan)
   (g_grads,) = vjp_g((ct_rec, jnp.full_like(qloss, lc.codebook_weight)))
   loss_g = nll + gan_scale * g_gan + lc.codebook_weight * qloss
 
@@ -236,7 +230,7 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
     d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
     upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
     new_d = optax.apply_updates(dp, upd_d)
-    norm_d, mean_real, mean_fake = (utils.tree_l2(d_grads), jnp.mean(logits_real),
+    norm_d, mean_real, mean_fake = (loop.tree_l2(d_grads), jnp.mean(logits_real),
                                     jnp.mean(logits_fake))
 
   ema = state.ema_params
@@ -252,9 +246,9 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
       "loss/commit": qloss, "loss/g_gan": g_gan, "loss/d": d_loss, "gan/d_weight": d_weight,
       "gan/disc_factor": df, "gan/logits_real": mean_real, "gan/logits_fake": mean_fake,
       "codebook/perplexity": aux["perplexity"], "codebook/usage": aux["usage"],
-      "grad_norm/g": utils.tree_l2(g_grads), "grad_norm/d": norm_d,
+      "grad_norm/g": loop.tree_l2(g_grads), "grad_norm/d": norm_d,
       "grad_norm/g_last_nll": norm_last_nll, "grad_norm/g_last_gan": norm_last_gan,
-      "param_norm/g": utils.tree_l2(new_g), "lr": parts.lr_g(state.step),
+      "param_norm/g": loop.tree_l2(new_g), "lr": parts.lr_g(state.step),
   }
   if not cfg.model.dense:
     m.update(metrics_lib.score_stats(aux["scores"], aux["mask"]))
@@ -276,70 +270,7 @@ def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   return sums, hist, {"x": x, "rec": rec, "scores": aux["scores"], "mask": aux["mask"]}
 
 
-# ===================================================================== loop helpers
-class _Preemption:
-  """SIGTERM -> a flag checked after every step (the step finishes, is saved, the run returns)."""
-
-  def __init__(self):
-    self.flag, self._old = False, None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("received signal %d: saving a checkpoint after the current step", signum)
-    self.flag = True
-
-  def agreed(self) -> bool:
-    """The flag, OR-ed over processes so that every host saves and stops at the same step."""
-    if jax.process_count() == 1:
-      return self.flag
-    flags = multihost_utils.process_allgather(np.asarray(self.flag, np.int32))
-    return bool(np.any(flags))
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-    return False
-
-
-def _check_finite(pending: list) -> list:
-  """Fetches pending per-step metrics; raises NonFiniteLossError naming the first bad step."""
-  fetched = jax.device_get(pending)
-  for step, m in fetched:
-    bad = sorted(k for k, v in m.items() if not np.isfinite(v))
-    if bad:
-      raise NonFiniteLossError(
-          f"non-finite values at step {step}: " + ", ".join(f"{k}={m[k]}" for k in bad) +
-          "; stopping without checkpointing this state")
-  return fetched
-
-
-def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh):
-  """Both trainers' start: restore (workdir -> `resume`) with the data position, else init."""
-  restored = checkpointing.restore_for_training(ckpt, abstract, resume)
-  if restored is not None:
-    step0, state, _, data_state = restored
-    if data_state:
-      data.set_state(data_state)
-    logging.info("restored step %d", step0)
-    return state
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
-
-
-def _run_meta(config, step, mesh) -> dict:
-  return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
-          "jax_version": jax.__version__, "num_devices": jax.device_count(),
-          "num_processes": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
-          "skipped_images": input_pipeline.SKIPPED.value}
-
-
+# ===================================================================== run helpers
 def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
   it, n = input_pipeline.eval_iter(config, batch_sharding)
   sums, hist, shown = None, None, None
@@ -356,7 +287,7 @@ def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
 # ===================================================================== train
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) stage 1 in `workdir`. Returns a summary dict (used by tests)."""
-  from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
+  from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   validate_config(config, jax.device_count())
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
@@ -381,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = input_pipeline.train_iter(config, batch_sh)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  state = restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh)
+  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh)
   first = int(jax.device_get(state.step))
 
   lp_params = None
@@ -398,8 +329,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if first == 0 and config.get("param_overview", True):
     writer.parameter_overview(state.params["g"], "generator")
     writer.parameter_overview(state.params["d"], "discriminator")
-  writer.hparams({"num_params/g": utils.num_params(state.params["g"]),
-                  "num_params/d": utils.num_params(state.params["d"])})
+  writer.hparams({"num_params/g": loop.num_params(state.params["g"]),
+                  "num_params/d": loop.num_params(state.params["d"])})
 
   stop_at = total
   if config.get("run_steps", -1) > 0:  # stop this run early (with a checkpoint), e.g. time limits
@@ -407,7 +338,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
   t0 = time.time()
   try:
-    with _Preemption() as pre:
+    with loop.Preemption() as pre:
       for step in range(first + 1, stop_at + 1):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           state, m = step_fn(state, next(data), lp_params)
@@ -416,19 +347,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         preempted = pre.agreed() or ckpt.reached_preemption(step)
         final = step == stop_at
         save_now = ckpt.should_save(step) or preempted or final
-        if save_now or utils.itstime(step, config.log_every_steps, total):
-          fetched, pending = _check_finite(pending), []
+        if save_now or loop.itstime(step, config.log_every_steps, total):
+          fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
           last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
           writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
         if save_now:
-          ckpt.save(step, state, meta=_run_meta(config, step, mesh), data_state=data.get_state(),
+          ckpt.save(step, state, meta=loop.run_meta(config, step, mesh), data_state=data.get_state(),
                     force=preempted or final)
-        if utils.itstime(step, config.eval.every_steps, total, last=final and not preempted):
+        if loop.itstime(step, config.eval.every_steps, total, last=final and not preempted):
           with writer.timed("eval"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             last_eval, shown = evaluate(state, parts, eval_fn, config, batch_sh, lp_params)
           writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
-          if utils.itstime(step, config.eval.image_every_steps, total):
+          if loop.itstime(step, config.eval.image_every_steps, total):
             k = config.eval.num_images
             writer.images(step, {"eval/recon": writers.recon_grid(
                 shown["x"][:k], shown["rec"][:k],

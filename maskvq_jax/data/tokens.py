@@ -18,8 +18,8 @@ from typing import Optional
 import grain
 import numpy as np
 
-from maskvq_jax import input_pipeline
-from maskvq_jax.datasets.shapes import generate as shapes_gen
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.data.builders.shapes import generate as shapes_gen
 from maskvq_jax.models import text_encoder
 
 TOKENS_META = "tokens_meta.json"

@@ -1,6 +1,6 @@
 """Name -> TFDS builder for our own datasets (shapes/*, image_folder/*); others use the catalog."""
-from maskvq_jax.datasets.image_folder import image_folder
-from maskvq_jax.datasets.shapes import shapes
+from maskvq_jax.data.builders.image_folder import image_folder
+from maskvq_jax.data.builders.shapes import shapes
 
 
 def builder(name: str, *, data_dir=None, folder: str = "", resize: int = 256):

@@ -4,7 +4,7 @@ Modules are imported lazily so `main.py` only loads the trainer it runs.
 """
 import importlib
 
-TRAINERS = {"mqvae": "maskvq_jax.trainers.mqvae", "stackformer": "maskvq_jax.trainers.stackformer"}
+TRAINERS = {"mqvae": "maskvq_jax.stage1.trainer", "stackformer": "maskvq_jax.stage2.trainer"}
 
 
 def get(name: str):

@@ -19,7 +19,7 @@ import numpy as np
 IGNORED = (re.compile(r"\.temb_proj\."), re.compile(r"\.attn\.mask$"), re.compile(r"num_batches_tracked$"),
            re.compile(r"^loss\."))  # the Lightning module's loss (LPIPS + discriminator) is not the tokenizer
 
-STORED_COLLECTIONS = ("params", "batch_stats", "vq_stats")  # not "perturbations" / "intermediates"
+from maskvq_jax.models.mqvae import STORED_COLLECTIONS, abstract_variables  # re-exported for callers
 
 _MODULE_RULES = [  # (regex on the torch module path, replacement giving our '/'-joined path)
     (r"^(encoder)\.down\.(\d+)\.(block|attn)\.(\d+)\.", r"\1/down_\2_\3_\4/"),
@@ -161,11 +161,3 @@ def mqvae_kwargs_from_official(vae_params: Mapping[str, Any]) -> dict:
       codebook_dim=int(vq["codebook_dim"]), beta=float(vq.get("commitment_beta", 0.25)),
       ema_decay=float(vq.get("decay", 0.99)), restart_unused_codes=bool(vq.get("restart_unused_codes", True)),
       demasker_layers=int(dem["n_layer"]), mask_init_value=float(dem.get("mask_init_value", 0.02)))
-
-
-def abstract_variables(model: nn.Module, batch: int = 1):
-  """Unboxed ShapeDtypeStructs of the model's stored variables (no compute, no memory)."""
-  x = jnp.zeros((batch, model.resolution, model.resolution, model.in_channels), jnp.float32)
-  rngs = {"params": jax.random.key(0), "mask": jax.random.key(0)}
-  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(rngs, x, train=False)))
-  return {k: v for k, v in abstract.items() if k in STORED_COLLECTIONS}

@@ -55,10 +55,10 @@ def read_meta(directory: str, step: Optional[int] = None) -> tuple[dict, int]:
 def load_tokenizer(directory: str, step: Optional[int] = None):
   """Returns (MQVAE module, variables as numpy arrays, meta)."""
   from maskvq_jax.models import MQVAE  # local: keeps this module import-light
-  from maskvq_jax import convert
+  from maskvq_jax.models import mqvae as mqvae_lib
   meta, step = read_meta(directory, step)
   model = MQVAE(**model_kwargs_from_meta(meta))
-  abstract = convert.abstract_variables(model)
+  abstract = mqvae_lib.abstract_variables(model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   options = ocp.CheckpointManagerOptions(read_only=True)
   with ocp.CheckpointManager(_path(directory), options=options) as mngr:

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from maskvq_jax import convert
-from maskvq_jax import tokenizer_io
-from maskvq_jax.evaluation import files
+from maskvq_jax.models import mqvae as mqvae_lib
+from maskvq_jax.data import tokenizer as tokenizer_io
+from maskvq_jax.core import files
 from maskvq_jax.models.mqvae import MQVAE
 from maskvq_jax.models.stackformer import Stackformer
 
@@ -124,7 +124,7 @@ def load_tokenizer(path: str, step: Optional[int] = None):
                                                   path=loc.path, source=meta.get("source"))
   config = loc.meta["config"]
   model = MQVAE(**_model_kwargs(config["model"]))
-  abstract = _single_device(convert.abstract_variables(model))
+  abstract = _single_device(mqvae_lib.abstract_variables(model))
   use_ema = float(config.get("param_ema", 0.0) or 0.0) > 0
   item: dict[str, Any] = {"vq_stats": abstract["vq_stats"]}
   item["ema_params" if use_ema else "params"] = (

@@ -39,21 +39,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from maskvq_jax import checkpointing
-from maskvq_jax import input_pipeline
-from maskvq_jax import losses_stage2
-from maskvq_jax import sampling
-from maskvq_jax import sharding as sharding_lib
-from maskvq_jax import stage2_data
-from maskvq_jax import utils
-from maskvq_jax.evaluation import checkpoints as ckpt_loader
+from maskvq_jax.core import checkpointing
+from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.stage2 import losses as losses_stage2
+from maskvq_jax.stage2 import sampling
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.data import tokens as stage2_data
+from maskvq_jax.core import loop
+from maskvq_jax.data import runs as ckpt_loader
 from maskvq_jax.evaluation import recon
 from maskvq_jax.models import text_encoder as text_lib
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
-from maskvq_jax.trainers import mqvae as stage1  # shared loop helpers (preemption, NaN guard)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-NonFiniteLossError = stage1.NonFiniteLossError
+DTYPES = loop.DTYPES
+NonFiniteLossError = loop.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -177,7 +176,7 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if config.optim.schedule not in ("warmup_cosine", "constant"):
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; choose warmup_cosine or constant")
-  if utils.total_steps(config) < 1:
+  if loop.total_steps(config) < 1:
     raise ValueError("total_steps (or total_epochs) gives no training step")
   if config.sample.every_steps:
     s = config.sample
@@ -214,9 +213,9 @@ def decay_mask(tree):
 
 
 def build(config, tokenizer) -> Parts:
-  steps = utils.total_steps(config)
+  steps = loop.total_steps(config)
   o = config.optim
-  lr = utils.schedule(config, utils.learning_rate(config), steps, utils.warmup_steps(config))
+  lr = loop.schedule(config, loop.learning_rate(config), steps, loop.warmup_steps(config))
   tx = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
@@ -299,7 +298,7 @@ def train_step(state: TrainState, batch, tok_vars, *, parts: Parts):
   new_state = state.replace(step=state.step + 1, params=new["model"], text_params=new["text"],
                             opt_state=opt_state, ema_params=ema)
   m = {"loss": loss, **{f"loss/{k}" if "loss" in k else k: v for k, v in aux.items()},
-       "grad_norm": utils.tree_l2(grads), "param_norm": utils.tree_l2(new["model"]),
+       "grad_norm": loop.tree_l2(grads), "param_norm": loop.tree_l2(new["model"]),
        "lr": parts.lr(state.step)}
   return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), m)
 
@@ -380,7 +379,7 @@ def _to_host(x) -> np.ndarray:
 
 # ===================================================================== train
 def _run_meta(config, step, mesh, tok_info) -> dict:
-  meta = stage1._run_meta(config, step, mesh)  # pylint: disable=protected-access
+  meta = loop.run_meta(config, step, mesh)
   meta["tokenizer"] = {k: v for k, v in tok_info.items() if isinstance(v, (int, float, str, bool))}
   return meta
 
@@ -405,7 +404,7 @@ def _check_existing_run(ckpt, config, tok_info):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests)."""
-  from maskvq_jax import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
+  from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
   config = resolve_config(config, tokenizer)
@@ -445,7 +444,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = stage2_data.train_iter(config, batch_sh, need_label=need_label, text_len=text_len)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  state = stage1.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules,
+  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules,
                                    state_sh)
   first = int(jax.device_get(state.step))
 
@@ -459,7 +458,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = writers.Writer(workdir, total_steps=total, log_every=config.log_every_steps,
                           profile=config.get("profile", False))
-  n_params = utils.num_params(state.params)
+  n_params = loop.num_params(state.params)
   logging.info("Stackformer: %.2fM parameters", n_params / 1e6)
   if first == 0 and config.get("param_overview", True):
     writer.parameter_overview(state.params, "stackformer")
@@ -491,7 +490,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
   t0 = time.time()
   try:
-    with stage1._Preemption() as pre:  # pylint: disable=protected-access
+    with loop.Preemption() as pre:
       for step in range(first + 1, stop_at + 1):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           state, m = step_fn(state, next(data), tok_vars)
@@ -500,18 +499,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         preempted = pre.flag or ckpt.reached_preemption(step)
         final = step == stop_at
         save_now = ckpt.should_save(step) or preempted or final
-        if save_now or utils.itstime(step, config.log_every_steps, total):
-          fetched, pending = stage1._check_finite(pending), []  # pylint: disable=protected-access
+        if save_now or loop.itstime(step, config.log_every_steps, total):
+          fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
           writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
         if save_now:
           ckpt.save(step, state, meta=_run_meta(config, step, mesh, tok_info),
                     data_state=data.get_state(), force=preempted or final)
-        if config.eval.every_steps > 0 and utils.itstime(step, config.eval.every_steps, total,
+        if config.eval.every_steps > 0 and loop.itstime(step, config.eval.every_steps, total,
                                                          last=final and not preempted):
           with writer.timed("eval"):
             last_eval = run_eval(step)
-        if sampler is not None and utils.itstime(step, config.sample.every_steps, total,
+        if sampler is not None and loop.itstime(step, config.sample.every_steps, total,
                                                  last=final and not preempted):
           with writer.timed("sample"):
             run_samples(step)

@@ -7,7 +7,7 @@ shared/golden/README.md) holds its pool3 output for three 299x299 uint8 images.
 import jax
 import numpy as np
 
-from maskvq_jax.golden_rows import Row, compare
+from maskvq_jax.parity.golden_rows import Row, compare
 from maskvq_jax.models import inception
 
 RTOL = 1e-4

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from maskvq_jax.datasets.shapes import generate as shapes_gen
+from maskvq_jax.data.builders.shapes import generate as shapes_gen
 
 
 class _Counter:
@@ -58,7 +58,7 @@ def get_source(inp, split: str, num_examples: Optional[int] = None):
   if inp.source != "tfds":
     raise ValueError(f"unknown input.source {inp.source!r}; choose tfds or procedural")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
-  from maskvq_jax.datasets import registry  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data.builders import registry  # pylint: disable=g-import-not-at-top
   host_split = tfds.split_for_jax_process(split, drop_remainder=True)
   decoders = {"image": tfds.decode.SkipDecoding()}  # we decode (and skip corrupt files) ourselves
   b = registry.builder(inp.name, data_dir=inp.data_dir or None, folder=inp.get("folder", ""))
@@ -68,7 +68,7 @@ def get_source(inp, split: str, num_examples: Optional[int] = None):
   if not b.is_prepared():
     if not inp.name.startswith("shapes"):
       raise FileNotFoundError(f"{inp.name} is not built in {b.data_dir}; run python -m "
-                              f"maskvq_jax.datasets.build --name {inp.name} --folder <images>")
+                              f"maskvq_jax.data.build --name {inp.name} --folder <images>")
     logging.info("building %s into %s (procedural, offline)", inp.name, b.data_dir)
     b.download_and_prepare()
   return b.as_data_source(split=host_split, decoders=decoders)

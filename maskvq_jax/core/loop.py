@@ -1,0 +1,139 @@
+"""The training loop's shared pieces, used by both trainers.
+
+Step counts and learning-rate schedules from a config, tree norms, the step cadence (`itstime`),
+the preemption flag, the NaN/Inf guard on fetched metrics, and the restore-or-init start of a run.
+"""
+import json
+import math
+import signal
+import time
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from maskvq_jax.core import checkpointing
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN/Inf; raised before anything of that state is checkpointed."""
+
+
+def total_steps(config) -> int:
+  """`config.total_steps` if > 0, else ceil(total_epochs * num_train_examples / batch)."""
+  if config.get("total_steps", -1) and config.total_steps > 0:
+    return int(config.total_steps)
+  return int(math.ceil(config.total_epochs * config.input.num_train_examples / config.input.batch_size))
+
+
+def warmup_steps(config) -> int:
+  o = config.optim
+  if o.get("warmup_steps", -1) is not None and o.warmup_steps >= 0:
+    return int(o.warmup_steps)
+  return int(o.warmup_epochs * config.input.num_train_examples / config.input.batch_size)
+
+
+def learning_rate(config) -> float:
+  """`optim.lr` if > 0, else the authors' rule base_lr x global batch size."""
+  o = config.optim
+  return float(o.lr) if o.lr > 0 else float(o.base_lr * config.input.batch_size)
+
+
+def schedule(config, peak: float, steps: int, warmup: int) -> optax.Schedule:
+  """Linear warm-up from 0 then cosine to min_lr_ratio * peak (models/stage1/utils.py)."""
+  kind = config.optim.schedule
+  if kind == "constant":
+    return optax.constant_schedule(peak)
+  if kind != "warmup_cosine":
+    raise ValueError(f"unknown optim.schedule {kind!r}; choose warmup_cosine or constant")
+  warmup = min(warmup, max(steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=max(warmup, 0), decay_steps=max(steps, warmup + 1),
+      end_value=peak * config.optim.min_lr_ratio)
+
+
+def tree_l2(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def num_params(tree) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+  """True on multiples of `every` (and on the last step when `last`)."""
+  return bool(every and every > 0 and step % every == 0) or (last and step == total)
+
+
+class Preemption:
+  """SIGTERM -> a flag checked after every step (the step finishes, is saved, the run returns)."""
+
+  def __init__(self):
+    self.flag, self._old = False, None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: saving a checkpoint after the current step", signum)
+    self.flag = True
+
+  def agreed(self) -> bool:
+    """The flag, OR-ed over processes so that every host saves and stops at the same step."""
+    if jax.process_count() == 1:
+      return self.flag
+    flags = multihost_utils.process_allgather(np.asarray(self.flag, np.int32))
+    return bool(np.any(flags))
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+
+def check_finite(pending: list) -> list:
+  """Fetches pending per-step metrics; raises NonFiniteLossError naming the first bad step."""
+  fetched = jax.device_get(pending)
+  for step, m in fetched:
+    bad = sorted(k for k, v in m.items() if not np.isfinite(v))
+    if bad:
+      raise NonFiniteLossError(
+          f"non-finite values at step {step}: " + ", ".join(f"{k}={m[k]}" for k in bad) +
+          "; stopping without checkpointing this state")
+  return fetched
+
+
+def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh):
+  """Both trainers' start: restore (workdir -> `resume`) with the data position, else init."""
+  restored = checkpointing.restore_for_training(ckpt, abstract, resume)
+  if restored is not None:
+    step0, state, _, data_state = restored
+    if data_state:
+      data.set_state(data_state)
+    logging.info("restored step %d", step0)
+    return state
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+
+
+def run_meta(config, step, mesh) -> dict:
+  """What every checkpoint's meta records about the run (config, versions, topology, data)."""
+  from maskvq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
+          "jax_version": jax.__version__, "num_devices": jax.device_count(),
+          "num_processes": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
+          "skipped_images": pipeline.SKIPPED.value}
