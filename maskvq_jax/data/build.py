@@ -28,8 +28,8 @@ _NAME = flags.DEFINE_string("name", "shapes/32", "shapes/<32|64|256>, image_fold
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets).")
 _FOLDER = flags.DEFINE_string("folder", "", "Image folder (image_folder/* only).")
 _RESIZE = flags.DEFINE_integer("resize", 256, "Short side stored by image_folder/* (0: keep).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
-                                  "Manually downloaded files (catalog datasets such as imagenet2012).")
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Manually downloaded files (catalog datasets such as imagenet2012).")
 
 
 def _missing_dirs(b) -> list[epath.Path]:
