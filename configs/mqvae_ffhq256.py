@@ -1,7 +1,8 @@
 r"""MQ-VAE stage 1 on FFHQ 256 (f8, keep 30%): the ImageNet recipe on the taming FFHQ split.
 
 FFHQ is read from a local folder of PNGs through maskvq_jax/data/builders/image_folder (build once:
-`python -m maskvq_jax.data.build --name ffhq --folder /data/ffhq --data_dir ~/tensorflow_datasets`).
+`python -m maskvq_jax.data.build --name image_folder/ffhq --folder /data/ffhq
+--data_dir ~/tensorflow_datasets`).
 Augmentation follows the authors' FFHQ loader: RandomResizedCrop(scale 0.75-1, square) + flip.
 The authors released no FFHQ config; epochs/keep ratio here are ours (UNVERIFIED vs the paper).
 

@@ -7,7 +7,9 @@ usage / mask analysis of a tokenizer; writes a JSON report and prints a table.
   # stage 2 (a Stackformer workdir): sample, then score against the dataset split
   python -m maskvq_jax.evaluate --workdir /ckpt/keep_0.3/stage2 --metrics fid,pr \
       --num_samples 50000 --top_k 100 --top_p 0.95
-  # any samples (folder of PNGs, or .npz with uint8 "images" [N, H, W, 3]):
+  # any samples (a folder of images, read recursively in natural path order; the sampling CLI's
+  # --out folder of .npz shards, in sample-index order; or one .npz with uint8 "images"
+  # [N, H, W, 3]); --num_samples N scores only the first N:
   python -m maskvq_jax.evaluate --samples samples.npz --dataset image_folder/ffhq \
       --split validation --res 256 --metrics fid,pr --output report.json
   # precompute (and cache) a split's reference statistics, e.g. before a sweep:
@@ -57,6 +59,7 @@ from maskvq_jax.tools import fetch_weights
 SAMPLE_METRICS = ("fid", "is", "pr")
 TOKENIZER_METRICS = ("rfid", "psnr", "ssim", "lpips", "usage", "mask")
 ALL_METRICS = SAMPLE_METRICS + TOKENIZER_METRICS
+DEFAULT_NUM_SAMPLES = 50_000
 COVERAGE_KEYS = ("kept_on_object", "chance", "kept_on_object_tokens", "chance_tokens")
 
 
@@ -95,7 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="add the logits bias (the original IS code omits it; default off)")
   fid_g.add_argument("--pr_k", type=int, default=3, help="k of the k-NN manifolds")
   smp = p.add_argument_group("stage-2 sampling")
-  smp.add_argument("--num_samples", type=int, default=50_000)
+  smp.add_argument("--num_samples", type=int, default=None,
+                   help=f"images to draw from a stage-2 workdir (default {DEFAULT_NUM_SAMPLES}); "
+                        "with --samples: score only the first N (default: all)")
   smp.add_argument("--sample_batch_size", type=int, default=0, help="0: 16 x devices")
   smp.add_argument("--seed", type=int, default=0)
   smp.add_argument("--temperature", type=float, default=1.0)
@@ -294,6 +299,9 @@ def run(args) -> dict:
                      "also pass --dataset")
   if args.multihost:
     jax.distributed.initialize()
+  samples = None
+  if args.samples and any(m in SAMPLE_METRICS for m in metrics):  # refuse bad samples up front
+    samples = data.samples_source(args.samples, num=args.num_samples)
 
   loc = checkpoints.describe(args.workdir, args.step) if args.workdir else None
   target = {"kind": "samples" if loc is None else loc.kind,
@@ -322,8 +330,8 @@ def run(args) -> dict:
     real_pool3 = tokenizer_pass(args, metrics, tok_model, tok_vars, spec, rep, figures_dir)
 
   if any(m in SAMPLE_METRICS for m in metrics):
-    if args.samples:
-      src, n = data.samples_source(args.samples)
+    if samples is not None:
+      src, n = samples
     elif loc is not None and loc.kind == "stage2":
       sf_model, sf_vars, sf_info = checkpoints.load_stage2(args.workdir, args.step)
       rep["stage2"] = sf_info
@@ -333,9 +341,12 @@ def run(args) -> dict:
           position_top_k=args.position_top_k, position_top_p=args.position_top_p,
           guidance_scale=args.guidance_scale, weight_dtype=args.sample_weight_dtype)
       bs = args.sample_batch_size or 16 * jax.device_count()
+      num = DEFAULT_NUM_SAMPLES if args.num_samples is None else args.num_samples
+      if num < 1:
+        raise ValueError(f"--num_samples={num} must be >= 1")
       images, timing = generate.sample_images(
-          sf_model, sf_vars, tok_model, tok_vars, cfg, num_images=args.num_samples,
-          batch_size=bs, seed=args.seed, progress=Progress("sampling", args.num_samples))
+          sf_model, sf_vars, tok_model, tok_vars, cfg, num_images=num,
+          batch_size=bs, seed=args.seed, progress=Progress("sampling", num))
       rep["metrics"]["sampling/tokens_per_s"] = timing["tokens_per_s"]
       rep["metrics"]["sampling/images_per_s"] = timing["images_per_s"]
       rep["timings"].update(timing)

@@ -8,10 +8,11 @@ the same sharding the model's "batch" axis uses. Images stay uint8 until the jit
 
 Augmentations follow the authors: ImageNet `crop_flip` (short-side resize + random crop + flip),
 FFHQ `rrc_flip` (RandomResizedCrop scale 0.75-1, square, + flip), small procedural images `flip`.
-Evaluation: short-side resize + centre crop. Unreadable images are skipped and counted
-(`SKIPPED.value`), never fatal.
+Evaluation: short-side resize + centre crop. Images of any kind (16-bit, grey, palette, CMYK,
+alpha over white, EXIF-rotated) are decoded by `data/images.py` into uint8 RGB; unreadable ones are
+skipped and counted (`SKIPPED.value`), never fatal. A TFDS dataset prepared only as TFRecord is
+refused when the pipeline is created, with the command that converts it.
 """
-import io
 import threading
 from typing import Any, Iterator, Optional
 
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from maskvq_jax.data import images
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
 
 
@@ -58,29 +60,44 @@ def get_source(inp, split: str, num_examples: Optional[int] = None):
   if inp.source != "tfds":
     raise ValueError(f"unknown input.source {inp.source!r}; choose tfds or procedural")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
-  from maskvq_jax.data.builders import registry  # pylint: disable=g-import-not-at-top
   host_split = tfds.split_for_jax_process(split, drop_remainder=True)
+  return tfds_source(inp.name, host_split, data_dir=inp.data_dir, folder=inp.get("folder", ""))
+
+
+def tfds_source(name: str, split: str, *, data_dir: str = "", folder: str = ""):
+  """Random-access TFDS source of `split` (images left encoded), for training and evaluation.
+
+  Our datasets (shapes/*, image_folder/*) come from `data/builders`; shapes are built on first use,
+  folders must be built first. Catalog datasets must be prepared as ArrayRecord. Every refusal is a
+  one-line ValueError / FileNotFoundError naming the dataset and what to run.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
+  from maskvq_jax.data import formats  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data.builders import registry  # pylint: disable=g-import-not-at-top
   decoders = {"image": tfds.decode.SkipDecoding()}  # we decode (and skip corrupt files) ourselves
-  b = registry.builder(inp.name, data_dir=inp.data_dir or None, folder=inp.get("folder", ""))
+  b = registry.builder(name, data_dir=data_dir or None, folder=folder)
   if b is None:
-    return tfds.data_source(inp.name, split=host_split, data_dir=inp.data_dir or None,
-                            decoders=decoders, download=False)
-  if not b.is_prepared():
-    if not inp.name.startswith("shapes"):
-      raise FileNotFoundError(f"{inp.name} is not built in {b.data_dir}; run python -m "
-                              f"maskvq_jax.data.build --name {inp.name} --folder <images>")
-    logging.info("building %s into %s (procedural, offline)", inp.name, b.data_dir)
+    b = registry.catalog_builder(name, data_dir=data_dir or None)
+    if not registry.is_prepared(b):
+      raise FileNotFoundError(f"dataset {name} is not prepared in {b.data_dir_root}; build it "
+                              f"as ArrayRecord: {formats.rebuild_command(name, b)} (see README)")
+  elif not registry.is_prepared(b):
+    if not name.startswith("shapes"):
+      raise FileNotFoundError(f"{name} is not built in {b.data_dir_root}; run "
+                              f"{formats.rebuild_command(name, b)}")
+    logging.info("building %s into %s (procedural, offline)", name, b.data_dir)
     b.download_and_prepare()
-  return b.as_data_source(split=host_split, decoders=decoders)
+  b = formats.random_access_builder(b, name)  # a TFRecord-only dataset: one line, with the fix
+  return b.as_data_source(split=split, decoders=decoders)
 
 
 # ------------------------------------------------------------------ preprocessing
 def _decode(x) -> Optional[np.ndarray]:
-  if isinstance(x, np.ndarray) and x.ndim == 3:
-    return x
+  """uint8 RGB [H, W, 3] from encoded bytes or an array (`data/images.py`); None if undecodable."""
   try:
-    with Image.open(io.BytesIO(bytes(x))) as im:
-      return np.asarray(im.convert("RGB"))
+    if isinstance(x, np.ndarray) and x.ndim >= 2:
+      return images.from_array(x)
+    return images.decode(x)
   except Exception as e:  # pylint: disable=broad-except  # skip and count, never fatal
     SKIPPED.add()
     logging.warning("skipping an undecodable image (%s); %d skipped", e, SKIPPED.value)

@@ -1,4 +1,4 @@
-"""Evaluation image sources: a dataset split, a folder of PNGs, or an .npz of uint8 samples.
+"""Evaluation image sources: a dataset split, a folder of images, or .npz samples / shards.
 
 Why not the training pipeline's `eval_iter`: it drops the remainder (whole batches only, equal
 shares per host) because the trainer's periodic eval just needs a stable subset. Reported metrics
@@ -7,20 +7,23 @@ non-dropping share (`features.host_range`) of a random-access source and yields 
 one may be short; `features.BatchRunner` pads it and drops the padding again.
 
 Preprocessing of dataset images reuses `input_pipeline.preprocess` (decode, short-side resize,
-centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw.
+centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw;
+sample folders are decoded by the same `data/images.py`. Sample order is stable: folders in
+natural path order (recursively), a sampling run's shards by sample index (gaps refused).
 """
 import dataclasses
-import os
+import json
+import re
 from typing import Any, Iterator, Optional
 
 from etils import epath
 import numpy as np
-from PIL import Image
 
-from maskvq_jax.evaluation import features
 from maskvq_jax.core import files
+from maskvq_jax.data import images
+from maskvq_jax.evaluation import features
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = images.EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,20 +82,8 @@ def dataset_source(spec: DatasetSpec):
   if spec.source != "tfds":
     raise ValueError(f"unknown dataset source {spec.source!r}; choose tfds or procedural")
   _hide_accelerators_from_tf()
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # heavy
-  from maskvq_jax.data.builders import registry  # pylint: disable=import-outside-toplevel
-  decoders = {"image": tfds.decode.SkipDecoding()}
-  b = registry.builder(spec.name, data_dir=spec.data_dir or None, folder=spec.folder)
-  if b is None:
-    src = tfds.data_source(spec.name, split=spec.split, data_dir=spec.data_dir or None,
-                           decoders=decoders, download=False)
-  else:
-    if not b.is_prepared():
-      if not spec.name.startswith("shapes"):
-        raise FileNotFoundError(f"{spec.name} is not built in {b.data_dir}; run python -m "
-                                f"maskvq_jax.data.build --name {spec.name} --folder <images>")
-      b.download_and_prepare()
-    src = b.as_data_source(split=spec.split, decoders=decoders)
+  from maskvq_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # heavy (tfds)
+  src = pipeline.tfds_source(spec.name, spec.split, data_dir=spec.data_dir, folder=spec.folder)
   n = len(src) if spec.num_examples <= 0 else min(len(src), spec.num_examples)
   if n < 1:
     raise ValueError(f"{spec.name} split {spec.split!r} is empty")
@@ -121,15 +112,21 @@ class _ArraySource:
     return {"image": self.images[i]}
 
 
+def natural_key(name: str) -> list:
+  """Sort key that orders digit runs by value: img2.png before img10.png."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 class _FolderSource:
+  """Image files (decoded by `data/images.py`), all of one size."""
+
   def __init__(self, paths: list[str]):
     self.paths = paths
     first = self._load(0)
     self.shape = first.shape
 
   def _load(self, i):
-    with epath.Path(self.paths[i]).open("rb") as f, Image.open(f) as im:
-      return np.asarray(im.convert("RGB"), np.uint8)
+    return images.read(self.paths[i])
 
   def __len__(self):
     return len(self.paths)
@@ -142,12 +139,27 @@ class _FolderSource:
     return {"image": a}
 
 
+def _spans(values) -> str:
+  """'3, 5-9, 12' for sorted ints (the first 5 runs)."""
+  runs, out = [], []
+  for v in values:
+    if runs and v == runs[-1][1] + 1:
+      runs[-1][1] = v
+    else:
+      runs.append([v, v])
+  for a, b in runs[:5]:
+    out.append(str(a) if a == b else f"{a}-{b}")
+  return ", ".join(out) + (", ..." if len(runs) > 5 else "")
+
+
 class _ShardsSource:
   """The `.npz` shards of one sampling run (`python -m maskvq_jax.sample --out DIR`), in global
-  sample order (their "index" arrays; file order when a shard has none). Reads one shard at a
-  time and keeps the last one, so a host's sequential pass loads each file once."""
+  sample order (their "index" arrays; natural file-name order when a shard has none). Indices
+  must run 0..N-1 without gaps or repeats, and N must match `sample_info.json` when present: a
+  missing shard is an error, never a silently smaller set. Reads one shard at a time and keeps
+  the last one, so a host's sequential pass loads each file once."""
 
-  def __init__(self, paths: list[str]):
+  def __init__(self, paths: list[str], folder: str):
     self.paths, sizes, indices = paths, [], []
     for path in paths:
       with epath.Path(path).open("rb") as fh, np.load(fh) as z:
@@ -160,7 +172,19 @@ class _ShardsSource:
     dup = [g for (g, _, _), (h, _, _) in zip(rows, rows[1:]) if g == h]
     if dup:
       raise ValueError(f"sample index {dup[0]} appears twice in the shards under "
-                       f"{os.path.dirname(paths[0])}: are two sampling runs in one folder?")
+                       f"{folder}: are two sampling runs in one folder?")
+    have = {g for g, _, _ in rows}
+    missing = [g for g in range(rows[-1][0] + 1) if g not in have] if rows else []
+    if missing:
+      raise ValueError(f"sample indices {_spans(missing)} are missing from the {len(paths)} "
+                       f"shards under {folder} ({len(rows)} samples, highest index "
+                       f"{rows[-1][0]}): a shard is missing or incomplete")
+    info = epath.Path(folder) / "sample_info.json"
+    if info.is_file():
+      num = json.loads(info.read_text()).get("num")
+      if num is not None and int(num) != len(rows):
+        raise ValueError(f"{info} says {num} samples, but the {len(paths)} shards under "
+                         f"{folder} hold {len(rows)}: a shard is missing")
     self.rows = [(f, r) for _, f, r in rows]
     self._cached = (-1, None)
 
@@ -193,25 +217,46 @@ def load_npz_images(path: str) -> np.ndarray:
   return a
 
 
-def samples_source(path: str):
+def list_image_files(folder: str) -> list[str]:
+  """Image files under `folder` (recursively; local or gs://), in natural order of their
+  relative paths (a/img2.png < a/img10.png < b/img1.png)."""
+  root = epath.Path(folder)
+  found = []
+  for d, _, names in root.walk():  # etils' glob refuses "**" (it could list a whole bucket)
+    found += [d / n for n in names if images.is_image_name(n)]
+  return [str(p) for p in sorted(found, key=lambda p: natural_key(str(p.relative_to(root))))]
+
+
+def samples_source(path: str, num: Optional[int] = None):
   """(random-access source of {"image": uint8 HWC}, N) for an image folder, a folder of .npz
   shards (the sampling CLI's --out: its PNG grids are then ignored) or one .npz file (local or
-  gs://); folder images are read in sorted path order, recursively."""
+  gs://). Folder images are read recursively in natural path order, shards in sample-index order.
+  `num`: only the first `num` samples in that order (an error if fewer exist)."""
   p = epath.Path(files.absolute(path))
-  shards = sorted(str(q) for q in p.glob("*.npz")) if p.is_dir() else []
+  shards = (sorted((str(q) for q in p.glob("*.npz")), key=natural_key) if p.is_dir() else [])
   if shards:
-    src = _ShardsSource(shards)
+    src = _ShardsSource(shards, str(p))
   elif p.is_dir():
-    paths = sorted(str(q) for q in p.glob("**/*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = list_image_files(str(p))
     if not paths:
-      raise FileNotFoundError(f"--samples folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} "
-                              "images")
+      raise FileNotFoundError(f"--samples folder {path} holds no {' '.join(images.EXTENSIONS)} "
+                              "images or .npz shards")
     src = _FolderSource(paths)
   elif p.is_file() and p.suffix == ".npz":
     src = _ArraySource(load_npz_images(str(p)))
+  elif not p.exists():
+    raise FileNotFoundError(f"--samples {path} does not exist")
   else:
-    raise FileNotFoundError(f"--samples must be a folder of images or an .npz file, got {path}")
-  return src, len(src)
+    raise FileNotFoundError(f"--samples must be a folder of images or .npz shards, or an .npz "
+                            f"file, got {path}")
+  n = len(src)
+  if num is None:
+    return src, n
+  if num < 1:
+    raise ValueError(f"--num_samples={num} must be >= 1")
+  if num > n:
+    raise ValueError(f"--num_samples={num}, but --samples {path} holds only {n} samples")
+  return _Slice(src, 0, num), num
 
 
 def array_source(images: np.ndarray):
