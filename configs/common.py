@@ -4,30 +4,89 @@ Configs are code (big_vision style): `get_config(arg)` receives the string after
 `--config configs/x.py:keep=0.25,scorer=mlp,runlocal` and turns it into typed fields with
 `parse_arg`, so ablations need no new files.
 """
+import difflib
+
 import ml_collections as mlc
 
+from maskvq_jax.core.cli import UserError
 
-def _coerce(value, default):
+# The choices of the string arguments (tests/test_cli_errors.py keeps them equal to
+# models/masker.SCORERS and core/sharding.RULES, which import jax).
+SCORERS = ("conv", "mlp", "random")
+SHARDING_RULES = ("dp", "fsdp", "fsdp_tp")
+
+
+def _choice(*options):
+  return (f"one of {', '.join(options)}", lambda v: v in options)
+
+
+def _at_least(lo):
+  return (f">= {lo}", lambda v: v >= lo)
+
+
+# What every config argument may be, by name, across the configs in this directory: (words for the
+# error, test). The type is the default's (bool, int, float or str); a name missing here is checked
+# by type only. Only values given on the command line are checked, so a config may default to a
+# sentinel outside the range (the stage-2 configs' keep=-1.0: "do not check the tokenizer").
+ARG_CHECKS = {
+    "keep": ("in (0, 1]", lambda v: 0.0 < v <= 1.0),
+    "scorer": _choice(*SCORERS),
+    "rules": _choice(*SHARDING_RULES),
+    "cond": _choice("class", "text", "none"),
+    "batch": _at_least(1),
+    "steps": _at_least(1),
+    "perceptual": _at_least(0.0),
+    "d": _at_least(1),
+    "heads": _at_least(1),
+    "layers": _at_least(1),
+    "fsdp": _at_least(1),
+    "model": _at_least(1),
+}
+_TYPE_WORDS = {bool: "true or false", int: "an int", float: "a float", str: "a string"}
+
+
+def _coerce(value: str, default):
   """Parses the string `value` with the type of `default` (bool accepts true/false/1/0/yes/no)."""
   if isinstance(default, bool):
-    low = value.lower()
+    low = value.strip().lower()
     if low in ("1", "true", "yes", "y", "t", ""):
       return True
     if low in ("0", "false", "no", "n", "f"):
       return False
-    raise ValueError(f"cannot parse {value!r} as bool")
+    raise ValueError(value)
   if isinstance(default, int):
     return int(value)
   if isinstance(default, float):
-    return float(value)
+    out = float(value)
+    if out != out:  # nan passes no range check; refuse it here
+      raise ValueError(value)
+    return out
   return value
+
+
+def parse_value(key: str, value: str, default):
+  """One config argument, type- and range-checked: UserError `key: expected <what>, got 'v'`."""
+  words = _TYPE_WORDS.get(type(default), f"a {type(default).__name__}")
+  rng, ok = ARG_CHECKS.get(key, ("", lambda v: True))
+  if isinstance(default, bool) or not rng:
+    expected = words
+  else:  # "a float in (0, 1]", "an int >= 1", "one of conv, mlp, random"
+    expected = rng if isinstance(default, str) else f"{words} {rng}"
+  try:
+    out = _coerce(value, default)
+  except ValueError:
+    raise UserError(f"{key}: expected {expected}, got {value!r}") from None
+  if not ok(out):
+    raise UserError(f"{key}: expected {expected}, got {value!r}")
+  return out
 
 
 def parse_arg(arg, lazy=False, **spec):
   """Parses `"a=1,b=x,flag"` into a ConfigDict typed after the defaults in `spec`.
 
-  A bare `name` means `name=True`. Unknown names raise unless `lazy=True` (then they are kept as
-  strings).
+  A bare `name` means `name=True`. Values are checked against their default's type and the
+  argument's range in ARG_CHECKS; unknown names raise (with close matches) unless `lazy=True`
+  (then they are kept as strings). Every mistake is a UserError naming the argument.
 
   Args:
     arg: the string after the colon of `--config`, or None/"".
@@ -43,14 +102,17 @@ def parse_arg(arg, lazy=False, **spec):
     if not item:
       continue
     key, _, value = item.partition("=")
+    key = key.strip()
     if "=" not in item:
       value = "true"
     if key in spec:
-      out[key] = _coerce(value, spec[key])
+      out[key] = parse_value(key, value, spec[key])
     elif lazy:
       out[key] = value
     else:
-      raise ValueError(f"unknown config arg {key!r}; known: {sorted(spec)}")
+      near = difflib.get_close_matches(key, sorted(spec), n=3, cutoff=0.6)
+      hint = f"did you mean {' or '.join(near)}? " if near else ""
+      raise UserError(f"unknown config argument {key!r}; {hint}known: {', '.join(sorted(spec))}")
   return out
 
 

@@ -29,7 +29,7 @@ def get_config(arg=None):
     c.input.text_len = 24
     c.sample.prompts = "a large red circle|a large blue square|a medium green triangle"
   elif arg.cond != "none":
-    raise ValueError(f"cond={arg.cond!r}; choose class, text or none")
+    raise common.UserError(f"cond: expected one of class, text, none, got {arg.cond!r}")
   c.total_steps = arg.steps
   c.input.update(name="shapes", source="procedural", split="train", num_train_examples=8192,
                  augment="flip", num_threads=2, prefetch=2)

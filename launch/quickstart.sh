@@ -18,5 +18,6 @@ cd "$ROOT"
 ARGS=(--workdir "$WORKDIR")
 if [[ "${QUICKSTART_TINY:-0}" != "0" ]]; then ARGS+=(--tiny); fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-echo "quickstart: writing into $WORKDIR" >&2
+# SECONDS: bash's clock since the script started (the environment set-up is the first stage)
+echo "quickstart: environment ready after ${SECONDS}s; writing into $WORKDIR" >&2
 exec "$VENV/bin/python" -m maskvq_jax.tools.quickstart "${ARGS[@]}"

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from maskvq_jax.stage2 import sampling
+from maskvq_jax.core import cli
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
@@ -64,9 +65,9 @@ COVERAGE_KEYS = ("kept_on_object", "chance", "kept_on_object_tokens", "chance_to
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m maskvq_jax.evaluate",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m maskvq_jax.evaluate",
+                         description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   what = p.add_argument_group("what to evaluate")
   what.add_argument("--workdir", help="stage-1/stage-2 workdir or tokenizer directory")
   what.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -128,7 +129,7 @@ def parse_metrics(text: str) -> list[str]:
   names = [m.strip().lower() for m in text.split(",") if m.strip()]
   bad = [m for m in names if m not in ALL_METRICS]
   if bad or not names:
-    raise ValueError(f"--metrics: unknown {bad or text!r}; choose from {','.join(ALL_METRICS)}")
+    raise cli.UserError(f"--metrics: unknown {bad or text!r}; choose from {','.join(ALL_METRICS)}")
   return list(dict.fromkeys(names))
 
 
@@ -170,8 +171,8 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   """Reconstructs the split once; fills stage-1 metrics into `report`. Returns pool3 of reals."""
   want = {m for m in metrics if m in TOKENIZER_METRICS}
   if spec.res != model.resolution:
-    raise ValueError(f"dataset res={spec.res} != tokenizer resolution={model.resolution}; pass "
-                     f"--res {model.resolution}")
+    raise cli.UserError(f"dataset res={spec.res} != tokenizer resolution={model.resolution}; "
+                        f"pass --res {model.resolution}")
   params = {"tokenizer": variables}
   lpips_module = None
   if "rfid" in want:
@@ -180,7 +181,8 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
     from maskvq_jax.models import lpips as lpips_lib  # pylint: disable=import-outside-toplevel  # lazy
     lpips_module = lpips_lib.LPIPS("vgg16")
     params["lpips"] = lpips_module.load_params()
-  src, n = data.dataset_source(spec)
+  with cli.user_input():  # the dataset the flags (or the run's config) name
+    src, n = data.dataset_source(spec)
   runner = features.BatchRunner(recon.make_recon_fn(model, want, lpips_module), params,
                                 global_batch_size=_batch(args, n))
   shard = data.host_shard(src, n, runner.local_batch_size, res=spec.res, keep_mask=True)
@@ -238,8 +240,8 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
              "num_examples": int(real_pool3.shape[0])}
       ref["mu"] = ref["sigma"] = None  # FID takes the features route
     elif spec is None:
-      raise ValueError("fid/pr need real images: pass --dataset (or a workdir whose config names "
-                       "one), or --ref_stats for FID only")
+      raise cli.UserError("fid/pr need real images: pass --dataset (or a workdir whose config "
+                          "names one), or --ref_stats for FID only")
     else:
       t0 = time.perf_counter()
       ref = reference.reference(spec, inc, need_features="pr" in metrics,
@@ -250,7 +252,8 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
     report["files"]["reference_stats"] = ref["path"]
   if "fid" in metrics:
     if args.ref_stats:
-      mu, sigma = fid.load_statistics(args.ref_stats)
+      with cli.user_input():
+        mu, sigma = fid.load_statistics(args.ref_stats)
       report["files"]["reference_stats"] = files.absolute(args.ref_stats)
     elif ref["pool3"] is not None:
       mu = sigma = None
@@ -273,7 +276,7 @@ def reference_only(args) -> str:
     jax.distributed.initialize()
   spec = _dataset_spec(args, None, None)
   if spec is None:
-    raise ValueError("--reference_only needs --dataset (and --split, --res)")
+    raise cli.UserError("--reference_only needs --dataset (and --split, --res)")
   ref = reference.reference(spec, _inception(), need_features=True,
                             global_batch_size=lambda count: _batch(args, count),
                             cache_dir=args.stats_cache, refresh=args.refresh_stats)
@@ -289,21 +292,26 @@ def run(args) -> dict:
     return {"files": {"reference_stats": reference_only(args)}}
   metrics = parse_metrics(args.metrics)
   if "is" in metrics:  # fail before any expensive work
-    inception_score.load_head(inception_score.require_head(args.inception_logits_npz))
+    with cli.user_input():
+      inception_score.load_head(inception_score.require_head(args.inception_logits_npz))
   if not args.workdir and not args.samples:
-    raise ValueError("give --workdir (tokenizer / stage-1 / stage-2) and/or --samples")
+    raise cli.UserError("give --workdir (tokenizer / stage-1 / stage-2) and/or --samples")
   if not args.output and not args.workdir:
-    raise ValueError("--output is required when there is no --workdir")
+    raise cli.UserError("--output is required when there is no --workdir")
+  if args.ref_stats:
+    cli.existing_file(args.ref_stats, "--ref_stats")
   if args.ref_stats and "pr" in metrics and not args.dataset:
-    raise ValueError("pr needs real features, which published mu/sigma files do not hold: "
+    raise cli.UserError("pr needs real features, which published mu/sigma files do not hold: "
                      "also pass --dataset")
   if args.multihost:
     jax.distributed.initialize()
   samples = None
   if args.samples and any(m in SAMPLE_METRICS for m in metrics):  # refuse bad samples up front
-    samples = data.samples_source(args.samples, num=args.num_samples)
+    with cli.user_input():
+      samples = data.samples_source(args.samples, num=args.num_samples)
 
-  loc = checkpoints.describe(args.workdir, args.step) if args.workdir else None
+  with cli.user_input():  # the workdir the user named
+    loc = checkpoints.describe(args.workdir, args.step) if args.workdir else None
   target = {"kind": "samples" if loc is None else loc.kind,
             "path": files.absolute(args.workdir or args.samples),
             "step": None if loc is None else loc.step, "samples": args.samples}
@@ -315,25 +323,30 @@ def run(args) -> dict:
   figures_dir = args.figures_dir or os.path.join(os.path.dirname(out_path), "figures")
   tok_model = tok_vars = None
   if loc is not None:
-    tok_model, tok_vars, tok_info = checkpoints.load_tokenizer(args.workdir, args.step)
+    with cli.user_input():
+      tok_model, tok_vars, tok_info = checkpoints.load_tokenizer(args.workdir, args.step)
     rep["tokenizer"] = tok_info
   spec = _dataset_spec(args, loc, tok_model.resolution if tok_model is not None else None)
   rep["dataset"] = None if spec is None else dict(vars(spec))
+  if spec is None and ("pr" in metrics or ("fid" in metrics and not args.ref_stats)):
+    raise cli.UserError("fid/pr need real images: pass --dataset (or a workdir whose config names "
+                        "one), or --ref_stats for FID only")
 
   real_pool3 = None
   if any(m in TOKENIZER_METRICS for m in metrics):
     if tok_model is None:
-      raise ValueError(f"{[m for m in metrics if m in TOKENIZER_METRICS]} evaluate a tokenizer: "
+      raise cli.UserError(f"{[m for m in metrics if m in TOKENIZER_METRICS]} evaluate a tokenizer: "
                        "pass --workdir (a tokenizer / stage-1 / stage-2 directory)")
     if spec is None:
-      raise ValueError("tokenizer metrics need a dataset: pass --dataset (and --split)")
+      raise cli.UserError("tokenizer metrics need a dataset: pass --dataset (and --split)")
     real_pool3 = tokenizer_pass(args, metrics, tok_model, tok_vars, spec, rep, figures_dir)
 
   if any(m in SAMPLE_METRICS for m in metrics):
     if samples is not None:
       src, n = samples
     elif loc is not None and loc.kind == "stage2":
-      sf_model, sf_vars, sf_info = checkpoints.load_stage2(args.workdir, args.step)
+      with cli.user_input():
+        sf_model, sf_vars, sf_info = checkpoints.load_stage2(args.workdir, args.step)
       rep["stage2"] = sf_info
       cfg = sampling.SamplerConfig(
           steps=tok_model.num_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -354,7 +367,7 @@ def run(args) -> dict:
         rep["files"]["samples"] = files.save_npz(args.save_samples, images=images)
       src, n = data.array_source(images)
     else:
-      raise ValueError(f"{[m for m in metrics if m in SAMPLE_METRICS]} score generated images: "
+      raise cli.UserError(f"{[m for m in metrics if m in SAMPLE_METRICS]} score generated images: "
                        "pass --samples, or a stage-2 workdir (for the tokenizer itself use rfid)")
     # real_pool3 (when rfid ran) embeds exactly the split `spec` names: reused as reference.
     sample_pass(args, metrics, src, n, spec, rep, real_pool3=real_pool3)
@@ -367,13 +380,10 @@ def run(args) -> dict:
   return rep
 
 
+@cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    run(args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  run(args)
   return 0
 
 

@@ -8,17 +8,17 @@ hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --
 (this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
 `config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
+A mistake in the flags or the config (missing file, bad `:arg`, misspelt `--config.x`) is one
+`error:` line (exit 2), reported before jax, TensorFlow or any device is loaded (core/cli.py).
 """
 import sys
 from typing import Optional
 
-from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
-from maskvq_jax.core import checkpointing
+from maskvq_jax.core import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)
@@ -36,8 +36,9 @@ def init_distributed(multihost: bool, coordinator: Optional[str], num_processes:
   """Starts JAX's multi-controller runtime: explicitly when a coordinator is given, else detected.
 
   Raises:
-    app.UsageError: an incomplete or inconsistent set of explicit flags.
+    cli.UserError: an incomplete or inconsistent set of explicit flags.
   """
+  import jax  # pylint: disable=g-import-not-at-top  # after the flags are checked (core/cli.py)
   explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
               "process_id": process_id}
   given = {k: v for k, v in explicit.items() if v is not None}
@@ -47,12 +48,12 @@ def init_distributed(multihost: bool, coordinator: Optional[str], num_processes:
     return
   if len(given) != 3:
     missing = sorted(set(explicit) - set(given))
-    raise app.UsageError(f"--coordinator_address, --num_processes and --process_id go together; "
+    raise cli.UserError(f"--coordinator_address, --num_processes and --process_id go together; "
                          f"got {given}, missing {missing}")
   if ":" not in coordinator:
-    raise app.UsageError(f"--coordinator_address={coordinator!r} must be host:port")
+    raise cli.UserError(f"--coordinator_address={coordinator!r} must be host:port")
   if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise app.UsageError(f"--process_id={process_id} must be in [0, --num_processes="
+    raise cli.UserError(f"--process_id={process_id} must be in [0, --num_processes="
                          f"{num_processes})")
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process all-reduce
@@ -61,8 +62,15 @@ def init_distributed(multihost: bool, coordinator: Optional[str], num_processes:
 
 
 def main(argv):
+  import jax  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
+  from maskvq_jax import trainers  # pylint: disable=g-import-not-at-top  # light: a registry
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config.trainer not in trainers.TRAINERS:
+    raise cli.UserError(f"config.trainer={config.trainer!r}: expected one of "
+                        f"{', '.join(sorted(trainers.TRAINERS))}")
   init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:  # keep TensorFlow (tf.data / TFDS / TensorBoard) off the accelerators
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -73,8 +81,6 @@ def main(argv):
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  from maskvq_jax import trainers  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
@@ -85,6 +91,10 @@ def main(argv):
                summary["total_steps"], " (preempted)" if summary.get("preempted") else "")
 
 
-if __name__ == "__main__":
+def _jax_absl_flags():
+  import jax  # pylint: disable=g-import-not-at-top
   jax.config.config_with_absl()
-  app.run(main)
+
+
+if __name__ == "__main__":
+  cli.run_absl(main, config_flag="config", setup=_jax_absl_flags)

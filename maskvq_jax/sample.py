@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from maskvq_jax.stage2 import sampling
+from maskvq_jax.core import cli
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
@@ -41,9 +42,9 @@ from maskvq_jax.models import text_encoder as text_lib
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m maskvq_jax.sample",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m maskvq_jax.sample",
+                         description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="stage-2 (Stackformer) workdir")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--num", type=int, required=True, help="number of images")
@@ -215,8 +216,9 @@ class _ShardWriter:
 
 
 def run(args) -> dict:
-  loaded = load(args.workdir, args.step)
-  cfg, conds, bs = validate(args, loaded)
+  with cli.user_input():  # the workdir and the options: the user's to fix
+    loaded = load(args.workdir, args.step)
+    cfg, conds, bs = validate(args, loaded)
   model, tok = loaded["model"], loaded["tokenizer"]
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
@@ -291,15 +293,12 @@ def run(args) -> dict:
   return info
 
 
+@cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.multihost:
     jax.distributed.initialize()
-  try:
-    info = run(args)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f"sample: error: {e}", file=sys.stderr)
-    return 2
+  info = run(args)
   if jax.process_index() == 0:
     print(f"wrote {args.num} samples to {args.out} ({info['tokens_per_s']:.0f} tokens/s)")
   return 0

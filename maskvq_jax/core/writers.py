@@ -2,9 +2,12 @@
 
 TensorBoard scalars and images, ReportProgress (steps/s, ETA), the parameter overview, and image
 grids written both to TensorBoard and as PNG files under `<workdir>/images/`. Non-zero processes
-only log.
+only log. `train_scalars` also prints the console step line (core/progress.StepLine) on process 0.
 """
+import contextlib
 import os
+import time
+from typing import Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -13,6 +16,8 @@ from clu import periodic_actions
 import jax
 import numpy as np
 from PIL import Image
+
+from maskvq_jax.core import progress
 
 
 class Writer:
@@ -24,6 +29,7 @@ class Writer:
     self.w = metric_writers.create_default_writer(workdir, just_logging=not self.is_main,
                                                   asynchronous=True)
     self.hooks = []
+    self.console = progress.StepLine(total_steps, enabled=self.is_main)
     if self.is_main:
       self.hooks.append(periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.w,
                                                         every_steps=log_every))
@@ -32,15 +38,27 @@ class Writer:
                                                    profile_duration_ms=None, every_secs=None))
 
   def tick(self, step: int):
+    self.console.tick(step)
     for h in self.hooks:
       h(step)
 
+  @contextlib.contextmanager
   def timed(self, name: str):
-    """Context manager that excludes e.g. evaluation time from the steps/s report."""
-    return self.hooks[0].timed(name) if self.hooks else _Null()
+    """Excludes e.g. evaluation time from the steps/s reports (TensorBoard and console)."""
+    t = time.perf_counter()
+    try:
+      with self.hooks[0].timed(name) if self.hooks else _Null():
+        yield
+    finally:
+      self.console.exclude(time.perf_counter() - t)
 
   def scalars(self, step: int, values: dict):
     self.w.write_scalars(step, {k: float(v) for k, v in values.items()})
+
+  def train_scalars(self, step: int, metrics: dict, console: Sequence[str] = ()):
+    """`train/<k>` scalars, and the console line with the metrics named in `console`."""
+    self.scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+    self.console(step, metrics, console)
 
   def hparams(self, values: dict):
     self.w.write_hparams(values)

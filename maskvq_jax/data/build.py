@@ -10,18 +10,12 @@ r"""Builds datasets into a TFDS data_dir as ArrayRecord, the format the input pi
 
 User errors (unknown name, missing or empty folder, a folder too small for both splits, a dataset
 already prepared as TFRecord) print `error: ...` and exit 2; a build that fails leaves no new
-directory behind in the data_dir.
+directory behind in the data_dir. Flag mistakes are reported before TFDS is imported.
 """
-import sys
-
-from absl import app
 from absl import flags
 from etils import epath
-import tensorflow_datasets as tfds
 
-from maskvq_jax.data import formats
-from maskvq_jax.data.builders import registry
-from maskvq_jax.data.builders.image_folder import image_folder
+from maskvq_jax.core import cli
 
 _NAME = flags.DEFINE_string("name", "shapes/32", "shapes/<32|64|256>, image_folder/<ffhq|name>, or "
                             "a TFDS catalog name (imagenet2012, coco_captions, ...).")
@@ -70,6 +64,10 @@ def prepare(name: str, *, data_dir=None, folder: str = "", resize: int = 256,
 
   ValueError / FileNotFoundError (one line) on user errors.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data import formats  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data.builders import registry  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data.builders.image_folder import image_folder  # pylint: disable=g-import-not-at-top
   if registry.is_ours(name):
     b = registry.builder(name, data_dir=data_dir, folder=folder, resize=resize)
   else:
@@ -92,19 +90,32 @@ def prepare(name: str, *, data_dir=None, folder: str = "", resize: int = 256,
   return b
 
 
+SHAPES_CONFIGS = ("32", "64", "256")  # data/builders/shapes/shapes.py BUILDER_CONFIGS
+
+
+def check_flags(name: str, folder: str, resize: int) -> None:
+  """The flag checks that need no TFDS; UserError names the flag."""
+  family, _, cfg = name.partition("/")
+  if family == "shapes":
+    if cfg and cfg not in SHAPES_CONFIGS:
+      raise cli.UserError(f"--name={name!r}: expected shapes/<{'|'.join(SHAPES_CONFIGS)}>")
+  elif family == "image_folder":
+    if not folder:
+      raise cli.UserError(f"--name={name!r} needs --folder (the folder of images)")
+  if resize < 0:
+    raise cli.UserError(f"--resize={resize}: expected an int >= 0 (0 keeps the size)")
+
+
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
-  try:
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+  check_flags(_NAME.value, _FOLDER.value, _RESIZE.value)
+  with cli.user_input(ValueError, FileNotFoundError):
     b = prepare(_NAME.value, data_dir=_DATA_DIR.value, folder=_FOLDER.value,
                 resize=_RESIZE.value, manual_dir=_MANUAL_DIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   print(b.info)
   return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

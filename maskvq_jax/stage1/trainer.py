@@ -351,7 +351,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
           last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
-          writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+          writer.train_scalars(step, last_metrics, console=("loss/total_g", "loss/l1", "loss/lpips",
+                                                            "loss/commit", "loss/d"))
         if save_now:
           ckpt.save(step, state, meta=loop.run_meta(config, step, mesh), data_state=data.get_state(),
                     force=preempted or final)

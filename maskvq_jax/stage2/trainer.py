@@ -502,7 +502,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if save_now or loop.itstime(step, config.log_every_steps, total):
           fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
-          writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+          writer.train_scalars(step, last_metrics, console=("loss", "loss/code_loss",
+                                                            "loss/position_loss"))
         if save_now:
           ckpt.save(step, state, meta=_run_meta(config, step, mesh, tok_info),
                     data_state=data.get_state(), force=preempted or final)

@@ -26,6 +26,7 @@ from typing import Optional
 
 from etils import epath
 
+from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.evaluation import report as report_lib
 
@@ -139,20 +140,18 @@ def plot(rows: list[dict], path: str, title: Optional[str] = None) -> Optional[s
   return files.write_bytes(path, buf.getvalue())
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.ablation_report",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m maskvq_jax.tools.ablation_report",
+                         description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdirs", nargs="+", required=True, help="one directory per keep ratio")
   p.add_argument("--output", default="ablation.md", help="Markdown file (default %(default)s)")
   p.add_argument("--plot", default=None, help="PNG plot (default: --output with .png)")
   p.add_argument("--title", default=None)
   args = p.parse_args(argv)
-  try:
+  with cli.user_input():  # the workdirs and reports the user named
     rows = sorted((collect(w) for w in args.workdirs), key=lambda r: r["keep_ratio"])
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   for r in rows:
     if not r["reports"]:
       print(f"warning: {r['workdir']} has no {REPORT_NAME}; run python -m maskvq_jax.evaluate "

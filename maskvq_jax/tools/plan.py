@@ -23,7 +23,6 @@ import functools
 import math
 from typing import Any, Optional
 
-from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from maskvq_jax.core import cli
 from maskvq_jax.core import sharding as sharding_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
@@ -69,12 +69,12 @@ def parse_mesh(text: str, config) -> dict[str, int]:
   for item in text.split(","):
     name, eq, size = item.strip().partition("=")
     if not eq or not size.strip().isdigit() or int(size) < 1:
-      raise ValueError(f"--mesh={text!r}: {item!r} is not name=<positive int>")
+      raise cli.UserError(f"--mesh={text!r}: {item!r} is not name=<positive int>")
     out[name.strip()] = int(size)
   cfg_axes = [str(n) for n, _ in config.mesh]
   unknown = sorted(set(out) - set(cfg_axes))
   if unknown:
-    raise ValueError(f"--mesh={text!r}: axes {unknown} are not in the config's mesh {cfg_axes}")
+    raise cli.UserError(f"--mesh={text!r}: axes {unknown} are not in the config's mesh {cfg_axes}")
   return {a: out.get(a, 1) for a in cfg_axes}
 
 
@@ -130,7 +130,7 @@ def plan(config, mesh_sizes: dict[str, int], devices_per_host: int = 4,
   """The memory plan of `config` on a mesh of `mesh_sizes` (an AbstractMesh: no devices needed)."""
   n_dev = math.prod(mesh_sizes.values())
   if n_dev % devices_per_host:
-    raise ValueError(f"mesh {mesh_sizes} has {n_dev} devices, not a multiple of "
+    raise cli.UserError(f"mesh {mesh_sizes} has {n_dev} devices, not a multiple of "
                      f"devices_per_host={devices_per_host}")
   create, config, _, _ = build_state_fn(config, tokenizer_config)
   mesh = abstract_mesh(mesh_sizes)
@@ -177,7 +177,7 @@ def activation_bytes(config, per_device_batch: int,
   batch = {"image": jax.ShapeDtypeStruct((int(per_device_batch), res, res, 3), jnp.uint8,
                                          sharding=bsh)}
   if config.trainer == "stackformer":
-    raise NotImplementedError("--compile is implemented for stage 1 only")
+    raise cli.UserError("--compile is implemented for stage 1 only")
   step = jax.jit(functools.partial(trainer.train_step, parts=parts), donate_argnums=(0,))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = step.lower(abstract, batch, None).compile()
@@ -206,10 +206,14 @@ def format_plan(p: Plan, name: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or not _MESH.value:
-    raise app.UsageError("--config and --mesh are required")
+    raise cli.UserError("--config and --mesh are required")
   config = _CONFIG.value
+  if config.trainer == "stackformer":  # the tokenizer config is a user-given file too
+    if _COMPILE.value:
+      raise cli.UserError("--compile is implemented for stage 1 only")
+    cli.load_config_file(_TOKENIZER_CONFIG.value, "tokenizer_config")
   sizes = parse_mesh(_MESH.value, config)
   p = plan(config, sizes, _DEVICES_PER_HOST.value, _TOKENIZER_CONFIG.value)
   if _COMPILE.value:
@@ -219,4 +223,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, config_flag="config")

@@ -17,8 +17,9 @@ download), a class-conditional Stackformer with a null class is trained on its t
 
 Re-running resumes finished trainers (no step is redone) and rewrites only the report files.
 `--tiny` (or QUICKSTART_TINY=1 in the shell script) is the CI size: 16 px, a few steps, ~1-2 min.
+Each stage is announced on stderr with the time elapsed since the start (`[quickstart 0:04:12]`);
+the trainers print a step line with losses, steps/s and ETA at every log interval (stdout).
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -37,7 +38,9 @@ from maskvq_jax import trainers
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
+from maskvq_jax.core import cli
 from maskvq_jax.core import files
+from maskvq_jax.core import progress
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import recon
 from maskvq_jax.stage2 import sampling
@@ -63,8 +66,8 @@ SAMPLE_CLASSES = (("circle", "red"), ("square", "blue"), ("triangle", "yellow"),
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.quickstart",
-                              description=__doc__.split("\n\n")[0])
+  p = cli.ArgumentParser(prog="python -m maskvq_jax.tools.quickstart",
+                         description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", default="runs/quickstart")
   p.add_argument("--tiny", action="store_true", help="CI size (16 px, a few steps)")
   p.add_argument("--stage1", default=None, help="override the stage-1 config arg")
@@ -72,8 +75,11 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+_START = [time.time()]  # main() resets it: _log shows the time elapsed since then
+
+
 def _log(msg):
-  print(f"[quickstart] {msg}", file=sys.stderr, flush=True)
+  print(f"[quickstart {progress.hms(time.time() - _START[0])}] {msg}", file=sys.stderr, flush=True)
 
 
 def _grid(rows: list[np.ndarray]) -> np.ndarray:
@@ -160,34 +166,41 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
           "positions_distinct": bool(distinct), "checkpoint_step": loaded["info"]["step"]}
 
 
+@cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
+  _START[0] = t_all = time.time()
   size = "tiny" if args.tiny else "full"
   s1_arg, s2_arg, n_report, per_grid = SIZES[size]
   s1_arg = args.stage1 or s1_arg
   s2_arg = args.stage2 or s2_arg
-  wd = os.path.abspath(args.workdir)
-  os.makedirs(wd, exist_ok=True)
-  t_all = time.time()
-
-  _log(f"stage 1: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}) -> {wd}/stage1")
+  # both configs first: a bad --stage1 / --stage2 argument is reported before anything is written
   c1 = stage1_config.get_config(s1_arg)
   if args.stage1 is None:
     for key, value in STAGE1_OVERRIDES[size].items():
       group, name = key.split(".")
       c1[group][name] = value
+  c2 = stage2_config.get_config(s2_arg)
+  wd = os.path.abspath(args.workdir)
+  with cli.user_input():  # e.g. --workdir names a file
+    os.makedirs(wd, exist_ok=True)
+
+  _log(f"stage 1/3: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}), "
+       f"{c1.total_steps} steps -> {wd}/stage1")
   t = time.time()
   s1 = trainers.get("mqvae").train(c1, os.path.join(wd, "stage1"))
   s1_secs = time.time() - t
+  _log(f"stage 1/3 done in {progress.hms(s1_secs)} (steps {s1['first_step']} -> {s1['last_step']})")
 
-  _log(f"stage 2: Stackformer (configs/quickstart_stage2.py:{s2_arg}) -> {wd}/stage2")
-  c2 = stage2_config.get_config(s2_arg)
+  _log(f"stage 2/3: Stackformer (configs/quickstart_stage2.py:{s2_arg}), {c2.total_steps} steps "
+       f"-> {wd}/stage2")
   c2.tokenizer = os.path.join(wd, "stage1")
   t = time.time()
   s2 = trainers.get("stackformer").train(c2, os.path.join(wd, "stage2"))
   s2_secs = time.time() - t
+  _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 
-  _log("report: reconstructions, masks, samples, metrics.json")
+  _log("stage 3/3: report: reconstructions, masks, samples, metrics.json")
   res = c1.input.res
   metrics = {"size": size, "stage1": tokenizer_report(os.path.join(wd, "stage1"), wd, n_report, res),
              "stage2": sample_report(os.path.join(wd, "stage2"), wd, per_grid)}
