@@ -57,14 +57,15 @@ CASES = [
      "error: --config: no such config file: configs/nope.py"),
     ("maskvq_jax.tools.plan", "--config configs/quickstart.py --mesh data=x",
      "error: --mesh='data=x': 'data=x' is not name=<positive int>"),
-    # ----- dataset builder (both module paths), before TFDS is imported
-    ("maskvq_jax.data.build", "--name imagenet2012 --data_dir {t}/out",
-     "error: --name='imagenet2012': expected shapes/<32|64|256> or image_folder/<ffhq|custom|any "
-     "name>"),
+    # ----- dataset builder (both module paths); flag checks come before TFDS is imported
+    ("maskvq_jax.data.build", "--name nosuchdataset --data_dir {t}/out",
+     "error: unknown dataset 'nosuchdataset'; known: shapes/32, shapes/64, shapes/256, "
+     "image_folder/ffhq, image_folder/<name>, or a TFDS catalog name (imagenet2012, "
+     "coco_captions, ...)"),
     ("maskvq_jax.datasets.build", "--name shapes/33 --data_dir {t}/out",
      "error: --name='shapes/33': expected shapes/<32|64|256>"),
     ("maskvq_jax.data.build", "--name image_folder/mine --folder {t}/none --data_dir {t}/out",
-     "error: --folder='{t}/none': no such directory"),
+     "error: image folder {t}/none does not exist"),
     ("maskvq_jax.data.build", "--name shapes/32 --reszie 3 --data_dir {t}/out",
      "error: Unknown command line flag 'reszie'. Did you mean: resize ?"),
     # ----- golden checks and conversion

@@ -95,13 +95,10 @@ SHAPES_CONFIGS = ("32", "64", "256")  # data/builders/shapes/shapes.py BUILDER_C
 
 def check_flags(name: str, folder: str, resize: int) -> None:
   """The flag checks that need no TFDS; UserError names the flag."""
-  family, _, cfg = name.partition("/")
+  family, _, cfg = name.partition("/")  # image_folder/* and catalog names: checked by prepare()
   if family == "shapes":
     if cfg and cfg not in SHAPES_CONFIGS:
       raise cli.UserError(f"--name={name!r}: expected shapes/<{'|'.join(SHAPES_CONFIGS)}>")
-  elif family == "image_folder":
-    if not folder:
-      raise cli.UserError(f"--name={name!r} needs --folder (the folder of images)")
   if resize < 0:
     raise cli.UserError(f"--resize={resize}: expected an int >= 0 (0 keeps the size)")
 
