@@ -10,10 +10,8 @@ Preprocessing of dataset images reuses `input_pipeline.preprocess` (decode, shor
 centre crop, object mask carried along), so evaluation sees exactly what the trainer's eval saw.
 """
 import dataclasses
-import os
 from typing import Any, Iterator, Optional
 
-from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -128,7 +126,7 @@ class _FolderSource:
     self.shape = first.shape
 
   def _load(self, i):
-    with epath.Path(self.paths[i]).open("rb") as f, Image.open(f) as im:
+    with files.open(self.paths[i], "rb") as f, Image.open(f) as im:
       return np.asarray(im.convert("RGB"), np.uint8)
 
   def __len__(self):
@@ -150,7 +148,7 @@ class _ShardsSource:
   def __init__(self, paths: list[str]):
     self.paths, sizes, indices = paths, [], []
     for path in paths:
-      with epath.Path(path).open("rb") as fh, np.load(fh) as z:
+      with files.open(path, "rb") as fh, np.load(fh) as z:
         idx = np.asarray(z["index"]) if "index" in z.files else None
         sizes.append(len(idx) if idx is not None else len(_images_of(z, path)))
         indices.append(idx)
@@ -160,7 +158,7 @@ class _ShardsSource:
     dup = [g for (g, _, _), (h, _, _) in zip(rows, rows[1:]) if g == h]
     if dup:
       raise ValueError(f"sample index {dup[0]} appears twice in the shards under "
-                       f"{os.path.dirname(paths[0])}: are two sampling runs in one folder?")
+                       f"{files.parent(paths[0])}: are two sampling runs in one folder?")
     self.rows = [(f, r) for _, f, r in rows]
     self._cached = (-1, None)
 
@@ -186,7 +184,7 @@ def _images_of(z, path: str) -> np.ndarray:
 
 def load_npz_images(path: str) -> np.ndarray:
   """uint8 [N, H, W, 3] from an .npz (key "images", "samples", "arr_0", or its only array)."""
-  with epath.Path(files.absolute(path)).open("rb") as f, np.load(f) as z:
+  with files.open(path, "rb") as f, np.load(f) as z:
     a = _images_of(z, path)
   if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
     raise ValueError(f"{path}: samples must be uint8 [N, H, W, 3], got {a.dtype} {a.shape}")
@@ -197,18 +195,20 @@ def samples_source(path: str):
   """(random-access source of {"image": uint8 HWC}, N) for an image folder, a folder of .npz
   shards (the sampling CLI's --out: its PNG grids are then ignored) or one .npz file (local or
   gs://); folder images are read in sorted path order, recursively."""
-  p = epath.Path(files.absolute(path))
-  shards = sorted(str(q) for q in p.glob("*.npz")) if p.is_dir() else []
+  p = files.absolute(path)
+  is_dir = files.isdir(p)
+  shards = files.glob(p, "*.npz") if is_dir else []
   if shards:
     src = _ShardsSource(shards)
-  elif p.is_dir():
-    paths = sorted(str(q) for q in p.glob("**/*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+  elif is_dir:
+    paths = [q for q in files.glob(p, "*", recursive=True)
+             if q.lower().endswith(IMAGE_EXTENSIONS)]
     if not paths:
       raise FileNotFoundError(f"--samples folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} "
                               "images")
     src = _FolderSource(paths)
-  elif p.is_file() and p.suffix == ".npz":
-    src = _ArraySource(load_npz_images(str(p)))
+  elif p.endswith(".npz") and files.isfile(p):
+    src = _ArraySource(load_npz_images(p))
   else:
     raise FileNotFoundError(f"--samples must be a folder of images or an .npz file, got {path}")
   return src, len(src)

@@ -1,4 +1,4 @@
-"""Local image folders -> TFDS array_record, for FFHQ and any folder of images.
+"""Image folders (local or gs://...) -> TFDS array_record, for FFHQ and any folder of images.
 
 Why a builder instead of `tfds.ImageFolder`: that one only serves tf.data, while grain needs
 random access (array_record). Images are re-encoded as PNG after an optional short-side resize so
@@ -15,12 +15,13 @@ Splits:
 import dataclasses
 import hashlib
 import io
-import os
 
 from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from maskvq_jax.core import files
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -34,16 +35,13 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 
 def list_images(folder: str) -> list[str]:
-  out = []
-  for root, _, files in os.walk(folder):
-    out += [os.path.join(root, f) for f in files if f.lower().endswith(EXTENSIONS)]
-  return sorted(out)
+  return [f for f in files.glob(folder, "*", recursive=True) if f.lower().endswith(EXTENSIONS)]
 
 
 def split_of(path: str, folder: str, rule: str, validation_percent: float) -> str:
-  rel = os.path.relpath(path, folder)
+  rel = files.relative_to(path, folder)
   if rule == "ffhq":
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = files.basename(path).rsplit(".", 1)[0]
     return "train" if int(stem) < 60000 else "validation"
   if rule == "hash":
     h = int(hashlib.md5(rel.encode()).hexdigest()[:8], 16) % 10000
@@ -53,7 +51,7 @@ def split_of(path: str, folder: str, rule: str, validation_percent: float) -> st
 
 def load_png(path: str, resize: int) -> bytes:
   """Reads, converts to RGB, short-side resizes (bicubic) and PNG-encodes; raises if unreadable."""
-  with Image.open(path) as im:
+  with files.open(path, "rb") as f, Image.open(f) as im:
     im = im.convert("RGB")
     if resize:
       w, h = im.size
@@ -84,17 +82,16 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
-    if not c.folder or not os.path.isdir(c.folder):
+    if not c.folder or not files.isdir(c.folder):
       raise ValueError(f"image folder {c.folder!r} does not exist (set ImageFolderConfig.folder)")
-    files = list_images(c.folder)
     by_split = {"train": [], "validation": []}
-    for f in files:
+    for f in list_images(c.folder):
       by_split[split_of(f, c.folder, c.split_rule, c.validation_percent)].append(f)
     return {k: self._generate_examples(v) for k, v in by_split.items()}
 
-  def _generate_examples(self, files):
+  def _generate_examples(self, paths):
     c = self.builder_config
-    for f in files:
+    for f in paths:
       try:
         data = load_png(f, c.resize)
       except Exception as e:  # pylint: disable=broad-except  # corrupt files are skipped, not fatal
@@ -102,5 +99,5 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         logging.warning("skipping unreadable image %s (%s); %d skipped so far", f, e,
                         type(self).skipped)
         continue
-      rel = os.path.relpath(f, c.folder)
+      rel = files.relative_to(f, c.folder)
       yield rel, {"image": np.asarray(Image.open(io.BytesIO(data))), "filename": rel}
