@@ -9,12 +9,12 @@ in the three I/O stacks the project writes through, each translating `fake://x` 
   * TensorFlow (TensorBoard summaries through CLU): `tf.summary.create_file_writer`.
 If project code turned such a URL into a local path (`os.path.abspath("fake://b/x")` ->
 `<cwd>/fake:/b/x`) or wrote it with `open`/`os`, the files would land under the working directory
-instead of the root, which is what the tests check. Installed for one process, undone on exit.
+instead of the root, which is what the tests check. `mounted(root)` patches this process for the
+duration of a `with` block (in-process runs only; subprocesses do not see the scheme).
 """
 import contextlib
 import os
 
-from etils import epath
 from etils.epath import backend as backend_lib
 from etils.epath import gpath
 
@@ -134,4 +134,3 @@ def mounted(root: str):
       yield be
     finally:
       _BACKEND = None
-  assert isinstance(epath.Path("/x"), gpath.PosixGPath)

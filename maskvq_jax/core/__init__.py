@@ -1,6 +1,7 @@
 """Shared infrastructure, one module per concern; no model or stage code lives here.
 
-  files.py          local or URL (gs://...) paths: atomic writes of text, PNG, npz.
+  files.py          the path helper for every user-given location, local or URL (gs://...):
+                    join, glob, makedirs, open, atomic writes of text / PNG / npz, staging.
   progress.py       console progress bar with throughput and ETA (process 0).
   sharding.py       the one place for meshes and logical-axis rules.
   checkpointing.py  Orbax checkpoints: save, restore, resume order, quarantine of broken steps.
