@@ -30,12 +30,10 @@ Report: `--output`, default `<workdir>/evaluation/report.json` (format: evaluati
 Multi-host: run the same command on every host with `--multihost`; process 0 writes.
 """
 import argparse
-import os
 import sys
 import time
 from typing import Optional
 
-from etils import epath
 import jax
 import numpy as np
 
@@ -195,7 +193,7 @@ def tokenizer_pass(args, metrics, model, variables, spec, report, figures_dir):
   if "rfid" in want:
     m["rfid"] = fid.fid_from_features(out["pool3_real"], out["pool3_rec"])
     stats_path, _ = reference.cache_paths(spec, args.stats_cache)
-    if not epath.Path(stats_path).is_file():  # by-product: the split's reference statistics
+    if not files.isfile(stats_path):  # by-product: the split's reference statistics
       reference.store(spec, out["pool3_real"], args.stats_cache)
   for k in ("psnr", "ssim", "lpips"):
     if k in want:
@@ -319,8 +317,8 @@ def run(args) -> dict:
   rep["settings"] = {k: v for k, v in vars(args).items() if k not in ("multihost",)}
   rep["settings"]["devices"], rep["settings"]["processes"] = jax.device_count(), jax.process_count()
   out_path = files.absolute(
-      args.output or os.path.join(files.absolute(args.workdir), "evaluation", "report.json"))
-  figures_dir = args.figures_dir or os.path.join(os.path.dirname(out_path), "figures")
+      args.output or files.join(files.absolute(args.workdir), "evaluation", "report.json"))
+  figures_dir = files.absolute(args.figures_dir or files.join(files.parent(out_path), "figures"))
   tok_model = tok_vars = None
   if loc is not None:
     with cli.user_input():

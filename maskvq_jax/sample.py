@@ -18,7 +18,6 @@ and an existing output is never overwritten.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Optional
@@ -164,9 +163,9 @@ def validate(args, loaded) -> tuple[sampling.SamplerConfig, dict, int]:
   sampling.validate_stackformer_sampling(
       model, cfg, labels=np.zeros((bs,), np.int32) if model.n_classes else None, text=text,
       text_mask=None if text is None else np.ones((bs, 1), bool), batch_size=bs)
-  out = os.path.abspath(args.out)
-  if os.path.isdir(out) and any(f.startswith("samples_") or f == "sample_info.json"
-                                for f in os.listdir(out)):
+  out = files.absolute(args.out)
+  if files.isdir(out) and any(f.startswith("samples_") or f == "sample_info.json"
+                              for f in files.listdir(out)):
     raise FileExistsError(f"--out={out} already holds samples; choose a new directory")
   return cfg, conds, bs
 
@@ -209,7 +208,7 @@ class _ShardWriter:
     if not self.buf:
       return
     cat = {k: np.concatenate([b[k] for b in self.buf]) for k in self.buf[0]}
-    path = os.path.join(self.out, f"samples_h{jax.process_index():05d}_{self.count:05d}.npz")
+    path = files.join(self.out, f"samples_h{jax.process_index():05d}_{self.count:05d}.npz")
     files.save_npz(path, **cat)  # atomic: a reader never sees half a shard
     self.paths.append(path)
     self.buf, self.count = [], self.count + 1
@@ -220,8 +219,7 @@ def run(args) -> dict:
     loaded = load(args.workdir, args.step)
     cfg, conds, bs = validate(args, loaded)
   model, tok = loaded["model"], loaded["tokenizer"]
-  out = os.path.abspath(args.out)
-  os.makedirs(out, exist_ok=True)
+  out = files.makedirs(args.out)  # absolute if local; a URL (gs://...) stays a URL
 
   mesh = features.data_mesh()
   rules = sharding_lib.data_axis_rules()
@@ -272,11 +270,11 @@ def run(args) -> dict:
     writer.add(**local)
     if jax.process_index() == 0 and b < args.grids:
       g = _local_rows(images)[1] if jax.process_count() == 1 else imgs
-      files.save_png(os.path.join(out, f"grid_{b:03d}.png"), _grid(g[:min(bs, args.num - lo, 64)]))
+      files.save_png(files.join(out, f"grid_{b:03d}.png"), _grid(g[:min(bs, args.num - lo, 64)]))
     progress(min(lo + bs, args.num))
   writer.flush()
   timed = times[1:] if len(times) > 1 else times
-  info = {"workdir": os.path.abspath(args.workdir), "step": loaded["info"]["step"],
+  info = {"workdir": files.absolute(args.workdir), "step": loaded["info"]["step"],
           "tokenizer": loaded["info"]["tokenizer"], "num": args.num, "batch_size": bs,
           "seed": args.seed, "sampler": {k: v for k, v in vars(cfg).items()},
           "conditions": ("classes" if "labels" in conds else "prompts" if "prompts" in conds
@@ -288,7 +286,7 @@ def run(args) -> dict:
           "throughput_includes_compile": len(times) == 1, "seconds": float(sum(times)),
           "num_processes": jax.process_count(), "num_devices": jax.device_count()}
   if jax.process_index() == 0:
-    files.write_text(os.path.join(out, "sample_info.json"), json.dumps(info, indent=2))
+    files.write_text(files.join(out, "sample_info.json"), json.dumps(info, indent=2))
   info["shards"] = writer.paths
   return info
 

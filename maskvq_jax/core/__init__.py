@@ -1,7 +1,8 @@
 """Shared infrastructure, one module per concern; no model or stage code lives here.
 
   cli.py            how entry points report user mistakes: `error: ...`, exit 2, no traceback.
-  files.py          local or URL (gs://...) paths: atomic writes of text, PNG, npz.
+  files.py          the path helper for every user-given location, local or URL (gs://...):
+                    join, glob, makedirs, open, atomic writes of text / PNG / npz, staging.
   progress.py       console progress with throughput and ETA: passes and training steps.
   sharding.py       the one place for meshes and logical-axis rules.
   checkpointing.py  Orbax checkpoints: save, restore, resume order, quarantine of broken steps.

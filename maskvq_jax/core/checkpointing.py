@@ -14,8 +14,6 @@ listed by Orbax in the first place. A save that cannot be written (disk full, re
 misplaced directory) raises `CheckpointWriteError` naming the directory and the last committed
 step; Orbax commits a step by renaming its tmp directory, so earlier steps are never touched.
 """
-import os
-import shutil
 import time
 from typing import Any, Optional
 
@@ -24,6 +22,8 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from maskvq_jax.core import files
 
 
 class CheckpointWriteError(OSError):
@@ -35,7 +35,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 3,
                keep_every: Optional[int] = None, async_save: bool = True, read_only: bool = False):
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(files.absolute(directory))  # Orbax needs absolute local paths
     self._opts = dict(save_interval_steps=max(int(save_every), 1), max_to_keep=max_to_keep,
                       keep_period=keep_every if keep_every and keep_every > 0 else None,
                       enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
@@ -125,10 +125,10 @@ class Checkpointer:
     if jax.process_index() == 0 and src.exists():
       dst = self.directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
       dst.parent.mkdir(parents=True, exist_ok=True)
-      if "://" in str(src):  # object stores cannot rename directories cheaply: delete instead
-        src.rmtree()
+      if files.is_remote(src):  # object stores cannot rename directories cheaply: delete instead
+        files.rmtree(src)
       else:
-        shutil.move(os.fspath(src), os.fspath(dst))
+        files.replace(src, dst)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine_{step}")
     self.mngr.close()
@@ -143,7 +143,9 @@ def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = 
   """
   restored = ckpt.restore_latest(abstract_state)
   if restored is None and resume:
-    src = os.path.join(resume, "checkpoints") if os.path.isdir(os.path.join(resume, "checkpoints")) else resume
+    resume = files.absolute(resume)
+    src = files.join(resume, "checkpoints")
+    src = src if files.isdir(src) else resume
     restored = Checkpointer(src, save_every=1, read_only=True).restore_latest(abstract_state)
     logging.info("resuming from config.resume=%s: %s", src, restored and restored[0])
   return restored

@@ -3,9 +3,9 @@
 TensorBoard scalars and images, ReportProgress (steps/s, ETA), the parameter overview, and image
 grids written both to TensorBoard and as PNG files under `<workdir>/images/`. Non-zero processes
 only log. `train_scalars` also prints the console step line (core/progress.StepLine) on process 0.
+The workdir may be a URL (gs://...): TensorFlow and `core/files` write there directly.
 """
 import contextlib
-import os
 import time
 from typing import Sequence
 
@@ -15,7 +15,8 @@ from clu import parameter_overview
 from clu import periodic_actions
 import jax
 import numpy as np
-from PIL import Image
+
+from maskvq_jax.core import files
 
 from maskvq_jax.core import progress
 
@@ -67,10 +68,8 @@ class Writer:
     """images: name -> uint8 [H, W, C]; also saved as <workdir>/images/<name>_<step>.png."""
     self.w.write_images(step, {k: v[None] for k, v in images.items()})
     if self.is_main:
-      d = os.path.join(self.workdir, "images")
-      os.makedirs(d, exist_ok=True)
       for k, v in images.items():
-        Image.fromarray(v).save(os.path.join(d, f"{k.replace('/', '_')}_{step:08d}.png"))
+        files.save_png(files.join(self.workdir, "images", f"{k.replace('/', '_')}_{step:08d}.png"), v)
 
   def parameter_overview(self, params, name: str):
     if self.is_main:

@@ -14,10 +14,8 @@ Layouts recognised by `describe(path)`:
     `load_stage2` for the fields it expects).
 """
 import dataclasses
-import os
 from typing import Any, Optional
 
-from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,10 +41,10 @@ class Located:
 
 def _steps(directory: str) -> list[int]:
   """Committed step numbers (Orbax writes in-progress saves under non-numeric tmp names)."""
-  d = epath.Path(directory)
-  if not d.is_dir():
+  if not files.isdir(directory):
     return []
-  return sorted(int(c.name) for c in d.iterdir() if c.name.isdigit() and c.is_dir())
+  return sorted(int(n) for n in files.listdir(directory)
+                if n.isdigit() and files.isdir(files.join(directory, n)))
 
 
 def _read_json_meta(directory: str, step: int) -> dict:
@@ -58,16 +56,16 @@ def _read_json_meta(directory: str, step: int) -> dict:
 def describe(path: str, step: Optional[int] = None) -> Located:
   """Works out what `path` holds (see the module docstring). Raises FileNotFoundError if none."""
   path = files.absolute(path)
-  for ckpt_dir in (os.path.join(path, "checkpoints"), path):
+  for ckpt_dir in (files.join(path, "checkpoints"), path):
     steps = _steps(ckpt_dir)
     if not steps:
       continue
     s = steps[-1] if step is None else step
     if s not in steps:
       raise FileNotFoundError(f"step {s} not in {ckpt_dir} (have {steps})")
-    if (epath.Path(ckpt_dir) / str(s) / "variables").is_dir():
+    if files.isdir(files.join(ckpt_dir, str(s), "variables")):
       return Located("tokenizer", ckpt_dir, s, _read_json_meta(ckpt_dir, s))
-    if (epath.Path(ckpt_dir) / str(s) / "state").is_dir():
+    if files.isdir(files.join(ckpt_dir, str(s), "state")):
       meta = _read_json_meta(ckpt_dir, s)
       trainer = meta.get("config", {}).get("trainer")
       if trainer == "mqvae":
@@ -75,8 +73,8 @@ def describe(path: str, step: Optional[int] = None) -> Located:
       if trainer in STAGE2_TRAINERS:
         return Located("stage2", ckpt_dir, s, meta)
       raise ValueError(f"{ckpt_dir} step {s}: unknown trainer {trainer!r} in its meta config")
-  tok = os.path.join(path, "tokenizer")
-  if epath.Path(tok).is_dir():
+  tok = files.join(path, "tokenizer")
+  if files.isdir(tok):
     return describe(tok, step)
   raise FileNotFoundError(
       f"{path} holds no tokenizer or trainer checkpoint (looked for <dir>/checkpoints/<step>/"

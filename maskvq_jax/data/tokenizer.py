@@ -5,17 +5,18 @@ A tokenizer directory is an Orbax CheckpointManager directory whose steps hold t
 "source": ...}). The model config travels with the weights, so a consumer (stage 2, evaluation)
 never restates it and can't silently change the keep ratio, the grid or the codebook.
 """
-import os
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from maskvq_jax.core import files
+
 
 def _path(directory: str) -> str:
   """Absolute local paths (Orbax needs them); remote URLs such as gs://... pass through."""
-  return directory if "://" in directory else os.path.abspath(directory)
+  return files.absolute(directory)
 
 
 def _jsonable(kwargs: Mapping[str, Any]) -> dict:
@@ -38,7 +39,7 @@ def save_tokenizer(directory: str, variables: Mapping[str, Any], model_kwargs: M
     variables = jax.tree.map(np.asarray, dict(variables))
     mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                             meta=ocp.args.JsonSave(meta)))
-  return os.path.join(directory, str(step))
+  return files.join(directory, str(step))
 
 
 def read_meta(directory: str, step: Optional[int] = None) -> tuple[dict, int]:

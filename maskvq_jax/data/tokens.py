@@ -12,12 +12,12 @@ never reach the device. The procedural shapes source carries no caption string; 
 rebuilt from the example's shape / colour / size fields.
 """
 import json
-import os
 from typing import Optional
 
 import grain
 import numpy as np
 
+from maskvq_jax.core import files
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
 from maskvq_jax.models import text_encoder
@@ -70,23 +70,23 @@ def conditions(ex: dict, rng, *, need_label: bool, label_key: str, text_len: int
 
 # ------------------------------------------------------------------ exported tokens
 def tokens_meta(tokens_dir: str) -> dict:
-  path = os.path.join(tokens_dir, TOKENS_META)
-  if not os.path.exists(path):
+  path = files.join(tokens_dir, TOKENS_META)
+  if not files.exists(path):
     raise FileNotFoundError(f"{tokens_dir} is not an exported token dataset (no {TOKENS_META}); "
                             "write one with python -m maskvq_jax.tools.export_tokens")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(files.read_text(path))
 
 
 def token_files(tokens_dir: str, split: str) -> list[str]:
+  """The split's ArrayRecord files (paths or URLs, as `tokens_dir` is given)."""
   meta = tokens_meta(tokens_dir)
   if split not in meta["splits"]:
     raise ValueError(f"split {split!r} not exported in {tokens_dir} (have {sorted(meta['splits'])})")
-  files = [os.path.join(tokens_dir, f) for f in meta["splits"][split]["files"]]
-  missing = [f for f in files if not os.path.exists(f)]
+  paths = [files.join(tokens_dir, f) for f in meta["splits"][split]["files"]]
+  missing = [f for f in paths if not files.exists(f)]
   if missing:
     raise FileNotFoundError(f"exported token files missing: {missing}")
-  return files
+  return paths
 
 
 def decode_record(raw: bytes) -> dict:
@@ -105,10 +105,14 @@ def encode_record(codes, positions, label: int = -1, caption: str = "") -> bytes
 
 
 class _TokenSource:
-  """This host's share of an exported split (random access over ArrayRecord files)."""
+  """This host's share of an exported split (random access over ArrayRecord files).
 
-  def __init__(self, files: list[str], host_index: int, host_count: int):
-    self._src = grain.sources.ArrayRecordDataSource(files)
+  ArrayRecord reads local files only: files behind a URL (gs://...) are first copied to the local
+  temp directory (`files.local_input`, once per process).
+  """
+
+  def __init__(self, paths: list[str], host_index: int, host_count: int):
+    self._src = grain.sources.ArrayRecordDataSource([files.local_input(p) for p in paths])
     n = len(self._src) // host_count
     self._start, self._n = host_index * n, n
 

@@ -162,7 +162,7 @@ class _ShardsSource:
   def __init__(self, paths: list[str], folder: str):
     self.paths, sizes, indices = paths, [], []
     for path in paths:
-      with epath.Path(path).open("rb") as fh, np.load(fh) as z:
+      with files.open(path, "rb") as fh, np.load(fh) as z:
         idx = np.asarray(z["index"]) if "index" in z.files else None
         sizes.append(len(idx) if idx is not None else len(_images_of(z, path)))
         indices.append(idx)
@@ -210,7 +210,7 @@ def _images_of(z, path: str) -> np.ndarray:
 
 def load_npz_images(path: str) -> np.ndarray:
   """uint8 [N, H, W, 3] from an .npz (key "images", "samples", "arr_0", or its only array)."""
-  with epath.Path(files.absolute(path)).open("rb") as f, np.load(f) as z:
+  with files.open(path, "rb") as f, np.load(f) as z:
     a = _images_of(z, path)
   if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
     raise ValueError(f"{path}: samples must be uint8 [N, H, W, 3], got {a.dtype} {a.shape}")

@@ -13,7 +13,6 @@ Statistics files use the standard `mu` [2048] / `sigma` [2048, 2048] keys of TTU
 import os
 from typing import Any, Mapping, Optional
 
-from etils import epath
 import numpy as np
 
 from maskvq_jax.core import files
@@ -105,10 +104,9 @@ def save_statistics(path: str | os.PathLike, mu, sigma,
 
 
 def _load_npz(path) -> dict:
-  p = epath.Path(files.absolute(path))
-  if not p.is_file():
+  if not files.isfile(path):
     raise FileNotFoundError(f"FID statistics file not found: {path}")
-  with p.open("rb") as f, np.load(f) as z:
+  with files.open(path, "rb") as f, np.load(f) as z:
     return {k: z[k] for k in z.files}
 
 

@@ -19,7 +19,6 @@ result is the mean and standard deviation over splits, as in the original code.
 import os
 from typing import NamedTuple, Optional
 
-from etils import epath
 import numpy as np
 
 from maskvq_jax.core import files
@@ -49,10 +48,9 @@ def require_head(path: Optional[str]) -> str:
 def load_head(path: str | os.PathLike, feature_dim: int = 2048) -> LogitsHead:
   """Loads and checks a logits head .npz (see module docstring for the accepted keys)."""
   path = os.fspath(require_head(os.fspath(path) if path else None))
-  p = epath.Path(files.absolute(path))
-  if not p.is_file():
+  if not files.isfile(path):
     raise FileNotFoundError(f"--inception_logits_npz file not found: {path}")
-  with p.open("rb") as f, np.load(f) as z:
+  with files.open(path, "rb") as f, np.load(f) as z:
     keys = set(z.files)
     for kname, bname in _KEY_PAIRS:
       if kname in keys:

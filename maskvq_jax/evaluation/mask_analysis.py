@@ -18,7 +18,6 @@ the host.
 The figures (PIL PNGs) show, per example: the input, the score heat map (per-image min-max,
 viridis), and the kept-region overlay (dropped regions dimmed, kept-cell borders drawn).
 """
-import os
 from typing import Optional
 
 import jax.numpy as jnp
@@ -129,11 +128,11 @@ def save_figures(images, scores, token_mask, out_dir: str, *, max_examples: int 
   paths = {}
   rows = np.concatenate(panels, axis=2)  # [k, H', 3 W', 3]
   grid = np.concatenate(list(rows), axis=0)
-  paths["grid"] = files.save_png(os.path.join(out_dir, f"{prefix}_grid.png"), grid)
+  paths["grid"] = files.save_png(files.join(out_dir, f"{prefix}_grid.png"), grid)
   for i in range(k):
     for name, panel in (("heat", panels[1]), ("overlay", panels[2])):
       paths[f"{name}_{i:02d}"] = files.save_png(
-          os.path.join(out_dir, f"{prefix}_{name}_{i:02d}.png"), panel[i])
+          files.join(out_dir, f"{prefix}_{name}_{i:02d}.png"), panel[i])
   return paths
 
 

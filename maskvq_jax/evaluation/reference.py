@@ -15,7 +15,6 @@ import io
 import os
 from typing import Callable, Optional, Union
 
-from etils import epath
 import jax
 import numpy as np
 
@@ -31,15 +30,15 @@ RESIZE_POLICY = "bilinear-antialias-f32-v1"  # models.inception.resize_to_299
 def cache_paths(spec: data.DatasetSpec, cache_dir: Optional[str] = None) -> tuple[str, str]:
   from maskvq_jax.tools import fetch_weights  # pylint: disable=import-outside-toplevel
   if cache_dir and files.is_remote(cache_dir):  # e.g. a bucket shared by all hosts of a pod
-    root = os.path.join(cache_dir, "fid_stats")
-  else:
-    root = os.path.join(os.fspath(fetch_weights.cache_dir(cache_dir)), "fid_stats")
-  base = os.path.join(root, f"{spec.key()}_inc{fetch_weights.INCEPTION_SHA1[:8]}")
+    root = files.join(cache_dir, "fid_stats")
+  else:  # local: the weights cache (created on first use)
+    root = files.join(os.fspath(fetch_weights.cache_dir(cache_dir)), "fid_stats")
+  base = files.join(root, f"{spec.key()}_inc{fetch_weights.INCEPTION_SHA1[:8]}")
   return base + ".npz", base + ".pool3.npy"
 
 
 def _load_npy(path: str) -> np.ndarray:
-  with epath.Path(path).open("rb") as f:
+  with files.open(path, "rb") as f:
     return np.load(f)
 
 
@@ -76,7 +75,7 @@ def reference(spec: data.DatasetSpec, inception_variables, *, need_features: boo
   """{"mu", "sigma", "pool3" (or None), "path", "cached", "num_examples"} for the split, from
   the cache when possible (features are loaded when needed, or when the set is small)."""
   stats_path, feat_path = cache_paths(spec, cache_dir)
-  have_stats, have_feats = epath.Path(stats_path).is_file(), epath.Path(feat_path).is_file()
+  have_stats, have_feats = files.isfile(stats_path), files.isfile(feat_path)
   # Every host must take the same branch (the compute branch is collective): with a per-host
   # cache only host 0 ever writes, so on pods point --stats_cache at a shared directory.
   if features.all_hosts(not refresh and have_stats and (have_feats or not need_features)):

@@ -20,7 +20,6 @@ jit the arrays are global, so counts already cover the whole (sharded) batch.
 """
 import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import files
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage1 import losses
 from maskvq_jax.models import lpips as lpips_lib
@@ -304,9 +304,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   repl = sharding_lib.replicated(mesh)
   logging.info("state shardings: %s", sharding_lib.spec_summary(state_sh))
 
-  os.makedirs(workdir, exist_ok=True)
+  workdir = files.makedirs(workdir)  # absolute if local; a URL (gs://...) stays a URL
   ckpt = checkpointing.Checkpointer(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=config.ckpt_every_steps,
+      files.join(workdir, "checkpoints"), save_every=config.ckpt_every_steps,
       max_to_keep=config.max_to_keep, keep_every=config.keep_every_steps,
       async_save=config.async_checkpointing)
   data = input_pipeline.train_iter(config, batch_sh)

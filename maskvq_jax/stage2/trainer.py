@@ -26,7 +26,6 @@ with `state.params` (Stackformer "params"), `state.ema_params` when param_ema > 
 """
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Optional
 
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import files
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage2 import losses as losses_stage2
 from maskvq_jax.stage2 import sampling
@@ -88,7 +88,7 @@ def load_tokenizer(config):
   if not path:
     raise ValueError("config.tokenizer is empty: name the stage-1 workdir or tokenizer directory "
                      "(--config.tokenizer=/path/to/stage1_workdir)")
-  path = path if "://" in path else os.path.abspath(os.path.expanduser(path))
+  path = files.absolute(path)
   step = config.get("tokenizer_step", -1)
   try:
     model, variables, info = ckpt_loader.load_tokenizer(path, None if step < 0 else step)
@@ -139,8 +139,7 @@ def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
   if m.cond_dropout and not (text or m.null_class):
     raise ValueError(f"model.cond_dropout={m.cond_dropout} needs a null condition "
                      "(model.null_class=True with n_classes > 0, or a text model)")
-  if "://" not in c.tokenizer:
-    c.tokenizer = os.path.abspath(os.path.expanduser(c.tokenizer))
+  c.tokenizer = files.absolute(c.tokenizer)
   return c
 
 
@@ -433,9 +432,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("state shardings: %s", sharding_lib.spec_summary(state_sh))
   tok_vars = jax.device_put(tok_vars_host, repl)
 
-  os.makedirs(workdir, exist_ok=True)
+  workdir = files.makedirs(workdir)  # absolute if local; a URL (gs://...) stays a URL
   ckpt = checkpointing.Checkpointer(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), save_every=config.ckpt_every_steps,
+      files.join(workdir, "checkpoints"), save_every=config.ckpt_every_steps,
       max_to_keep=config.max_to_keep, keep_every=config.keep_every_steps,
       async_save=config.async_checkpointing)
   _check_existing_run(ckpt, config, tok_info)

@@ -20,17 +20,15 @@ metric against the keep ratio.
 import argparse
 import io
 import math
-import os
 import sys
 from typing import Optional
 
-from etils import epath
 
 from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.evaluation import report as report_lib
 
-REPORT_NAME = os.path.join("evaluation", "report.json")
+REPORT_NAME = "evaluation/report.json"
 COLUMNS = (  # (metric key, header, formatter, always shown)
     ("keep_ratio", "keep ratio", lambda v: f"{v:.3g}", True),
     ("tokens_per_image", "tokens / image", lambda v: f"{int(v)}", True),
@@ -46,8 +44,7 @@ PLOTTED = (("rfid", "rFID"), ("psnr", "PSNR (dB)"), ("codebook/used_fraction", "
 
 def find_reports(workdir: str) -> list[str]:
   """`evaluation/report.json` files in `workdir` and its immediate subdirectories."""
-  d = epath.Path(files.absolute(workdir))
-  return sorted(str(p) for p in list(d.glob(REPORT_NAME)) + list(d.glob(f"*/{REPORT_NAME}")))
+  return sorted(files.glob(workdir, REPORT_NAME) + files.glob(workdir, f"*/{REPORT_NAME}"))
 
 
 def _config_row(workdir: str) -> dict:
@@ -96,7 +93,7 @@ def markdown(rows: list[dict], title: Optional[str] = None) -> str:
       "| " + " | ".join(head) + " |",
       "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|"]
   for r in rows:
-    cells = [os.path.basename(os.path.normpath(r["workdir"]))]
+    cells = [files.basename(r["workdir"])]
     for key, _, fmt, _ in cols:
       v = r.get(key)
       cells.append("n/a" if v is None or (isinstance(v, float) and not math.isfinite(v))
@@ -158,7 +155,7 @@ def main(argv=None) -> int:
             f"--workdir {r['workdir']}", file=sys.stderr)
   text = markdown(rows, args.title)
   table_path = files.write_text(args.output, text)
-  png = plot(rows, args.plot or os.path.splitext(args.output)[0] + ".png", args.title)
+  png = plot(rows, args.plot or files.with_suffix(args.output, ".png"), args.title)
   print(text, end="")
   print(f"table: {table_path}\nplot: {png or 'none (no metrics yet)'}")
   return 0

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from maskvq_jax.core import cli
+from maskvq_jax.core import files
 
 STAGE2_ROOTS = ("transformer.", "class_transformer.")
 
@@ -41,8 +42,7 @@ def read_official_config(config_path: str | None, ckpt_path: str) -> tuple[dict,
         raise ValueError(f"{ckpt_path} has no meta/config_json; pass --config")
       return json.loads(str(z["meta/config_json"]))["vae_config"]["params"], ""
   import yaml
-  with open(config_path) as f:
-    cfg: Any = yaml.safe_load(f)
+  cfg: Any = yaml.safe_load(files.read_text(config_path))
   model = cfg.get("model", cfg)
   params = model.get("params", {})
   if "first_stage_config" in params:
@@ -58,11 +58,12 @@ def convert(ckpt: str, config: str | None, out: str, step: int = 0) -> str:
   from maskvq_jax.models import MQVAE
   # The user's files: missing, unreadable, or not an MQ-VAE of this shape -> one-line errors.
   with cli.user_input(ValueError, OSError):
-    vae_params, prefix = read_official_config(config, ckpt)
+    local_ckpt = files.local_input(ckpt)  # the readers need a local file: URLs are copied first
+    vae_params, prefix = read_official_config(config, local_ckpt)
     kwargs = convert_lib.mqvae_kwargs_from_official(vae_params)
   model = MQVAE(**kwargs)
   with cli.user_input(ValueError, OSError):
-    sd = read_state_dict(ckpt)
+    sd = read_state_dict(local_ckpt)
   if not prefix:  # a golden file also holds the Stackformers' tensors: they are not the tokenizer's
     sd = {k: v for k, v in sd.items() if not k.startswith(STAGE2_ROOTS)}
   with cli.user_input():  # missing / unknown tensors, listed

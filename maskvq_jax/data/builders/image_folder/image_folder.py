@@ -1,4 +1,4 @@
-"""Local image folders -> TFDS array_record, for FFHQ and any folder of images.
+"""Image folders (local or gs://...) -> TFDS array_record, for FFHQ and any folder of images.
 
 Why a builder instead of `tfds.ImageFolder`: that one only serves tf.data, while grain needs
 random access (array_record). Images are decoded by `data/images.py` (16-bit, grey, palette,
