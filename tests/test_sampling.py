@@ -189,6 +189,29 @@ def test_text_guidance():
   assert np.abs(strong.code_logits[:, 0] - plain.code_logits[:, 0]).max() > 1e-3
 
 
+def test_position_temperature_defaults_to_the_code_temperature(uncond):
+  """Authors: one temperature divides both the code and the position logits."""
+  model, params = uncond
+  assert SamplerConfig(steps=3).position_temperature is None
+  assert sampling.position_temperature(SamplerConfig(steps=3, temperature=2.5)) == 2.5
+  assert sampling.position_temperature(SamplerConfig(steps=3, temperature=2.5,
+                                                     position_temperature=0.5)) == 0.5
+  n = model.num_positions
+
+  def positions(**kw):
+    cfg = SamplerConfig(steps=n, top_k=8, **kw)
+    return np.asarray(sampling.sample(model, params, jax.random.key(9), cfg,
+                                      batch_size=32).positions)
+
+  shared = positions(temperature=3.0)
+  np.testing.assert_array_equal(shared, positions(temperature=3.0, position_temperature=3.0))
+  assert (shared != positions(temperature=3.0, position_temperature=1.0)).any()
+  with pytest.raises(ValueError, match=r"position_temperature must be a finite number > 0, "
+                                       r"got 0\.0"):
+    sampling.sample(model, params, jax.random.key(0),
+                    SamplerConfig(steps=3, position_temperature=0.0), batch_size=2)
+
+
 def test_bf16_decode_weights(uncond):
   model, params = uncond
   cfg = SamplerConfig(steps=6, greedy=True)
