@@ -82,7 +82,8 @@ def ssim_ref(a, b, max_val=1.0, k1=0.01, k2=0.03):
 _LPIPS_SHIFT = np.array([-0.030, -0.088, -0.188])
 _LPIPS_SCALE = np.array([0.458, 0.448, 0.450])
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-_VGG16_TAPS = (1, 4, 8, 12, 16)  # indices into _VGG16 of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+# indices into _VGG16 of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+_VGG16_TAPS = (1, 4, 8, 12, 16)
 
 
 def _conv3x3_relu(x, kernel, bias):

@@ -85,7 +85,8 @@ def test_converter_rejects_unknown_and_missing_keys(official_small):
   with pytest.raises(ValueError, match=r"extra\.weight.*value_head\.1\.weight"):
     stackformer_params_from_torch(bad, "transformer.")
   with pytest.raises(ValueError, match=r"cannot convert Stackformer weights under prefix "
-                                       r"'class_transformer\.': unknown keys \[\]; missing keys \["):
+                                       r"'class_transformer\.': unknown keys \[\]; "
+                                       r"missing keys \["):
     stackformer_params_from_torch(sd, "class_transformer.")
   kw = stackformer_kwargs_from_official(dict(vocab_size=2024, position_size=1025, block_size=1024,
                                              n_embd=1024, n_head=16, value_layer=12,
