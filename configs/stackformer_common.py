@@ -58,7 +58,8 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
   # Periodic sample grids (TensorBoard + <workdir>/images/*.png). Authors' log_images defaults.
   c.sample = mlc.ConfigDict(dict(
       every_steps=5000, num=16, seed=0, temperature=1.0, top_k=100, top_p=0.95,
-      position_temperature=1.0, position_top_k=10, position_top_p=0.95,
+      position_temperature=-1.0,       # < 0: the code temperature (authors: one for both)
+      position_top_k=10, position_top_p=0.95,
       guidance_scale=-1.0,             # < 0: none (needs null_class or text for guidance)
       prompts=""))                     # text models: "|"-separated prompts for the grids
 

@@ -6,16 +6,18 @@ r"""Class-conditional Stackformer on ImageNet 256: 12 + 12 layers (≈ 310M), or
   # the large model, parameters and optimizer state sharded over 4-way fsdp x 2-way tensor:
   ... --config configs/stackformer_imagenet256_class.py:large,rules=fsdp_tp,fsdp=4,model=2
 
-Class tokens 0..999 replace sos as in the authors' class model; `null=True` (default) adds a learned
-null class dropped 10 % of the time for classifier-free guidance (`null=False`: the authors' exact
-vocabulary of 2024). Tokens are computed on the fly from random-crop + flip augmented images.
+Class tokens 0..999 replace sos as in the authors' class model, with the authors' exact vocabulary
+of 2024 (no null class, no guidance) by default. Classifier-free guidance is one argument away:
+`:null=True` adds a learned null class (vocabulary 2025), dropped 10 % of the time in training, and
+`python -m maskvq_jax.sample ... --guidance 2` then guides with it.
+Tokens are computed on the fly from random-crop + flip augmented images.
 """
 from configs import common
 from configs import stackformer_common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, tokenizer="", keep=-1.0, large=False, null=True, batch=240,
+  arg = common.parse_arg(arg, tokenizer="", keep=-1.0, large=False, null=False, batch=240,
                          rules="dp", fsdp=1, model=1)
   layers = (24, 24) if arg.large else (12, 12)
   c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, layers=layers)

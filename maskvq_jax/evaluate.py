@@ -105,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   smp.add_argument("--temperature", type=float, default=1.0)
   smp.add_argument("--top_k", type=int, default=None)
   smp.add_argument("--top_p", type=float, default=None)
-  smp.add_argument("--position_temperature", type=float, default=1.0)
+  smp.add_argument("--position_temperature", type=float, default=None,
+                   help="default: --temperature (the authors use one temperature for both)")
   smp.add_argument("--position_top_k", type=int, default=None)
   smp.add_argument("--position_top_p", type=float, default=None)
   smp.add_argument("--guidance_scale", type=float, default=None)

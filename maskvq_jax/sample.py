@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--top_k", type=int, default=None)
   p.add_argument("--top_p", type=float, default=None)
-  p.add_argument("--position_temperature", type=float, default=1.0)
+  p.add_argument("--position_temperature", type=float, default=None,
+                 help="temperature of the position logits (default: --temperature, as the "
+                      "authors' code, which divides both by one temperature)")
   p.add_argument("--position_top_k", type=int, default=None)
   p.add_argument("--position_top_p", type=float, default=None)
   p.add_argument("--greedy", action="store_true", help="argmax codes and positions")

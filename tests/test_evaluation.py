@@ -84,7 +84,7 @@ def test_statistics_are_float64_and_round_trip_in_standard_npz(tmp_path):
   np.savez(tmp_path / "bad.npz", m=mu)
   with pytest.raises(ValueError, match=r"missing \['mu', 'sigma'\]"):
     fid.load_statistics(tmp_path / "bad.npz")
-  with pytest.raises(ValueError, match="at least 2"):
+  with pytest.raises(ValueError, match="FID statistics need at least 2 feature rows, got 1"):
     fid.statistics(x[:1])
 
 
@@ -124,7 +124,7 @@ def test_inception_score_bias_is_opt_in(tmp_path):
   assert unbiased == pytest.approx(3.0, rel=1e-9)
   assert biased == pytest.approx(1.0, rel=1e-9)
   no_bias = inception_score.LogitsHead(head.kernel, None)
-  with pytest.raises(ValueError, match="no bias"):
+  with pytest.raises(ValueError, match="use_bias=True but the logits head has no bias"):
     inception_score.inception_score_from_pool3(pool3, no_bias, splits=1, use_bias=True)
 
 
@@ -171,7 +171,7 @@ def test_precision_recall_matches_brute_force_numpy():
   got = prec_recall.precision_recall(real, fake, k=3, block=8)
   assert got["precision"] == pytest.approx(brute(real, fake, 3))
   assert got["recall"] == pytest.approx(brute(fake, real, 3))
-  with pytest.raises(ValueError, match="k=40"):
+  with pytest.raises(ValueError, match=r"k=40 must be an int in \[1, N-1\] with N=37 points"):
     prec_recall.knn_radii_sq(real, 40)
 
 

@@ -183,10 +183,68 @@ def test_text_guidance():
                            SamplerConfig(steps=4, guidance_scale=1.0), text=text,
                            text_mask=mask, return_logits=True)
   _assert_same_samples(plain, guided)
-  strong = sampling.sample(model, params, jax.random.key(0),
-                           SamplerConfig(steps=4, guidance_scale=3.0), text=text, text_mask=mask,
-                           return_logits=True)
-  assert np.abs(strong.code_logits[:, 0] - plain.code_logits[:, 0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_guided_logits_are_u_plus_s_times_c_minus_u(cls, kind):
+  """Every per-step guided logit (codes and positions) equals u + s (c - u), with c and u from
+  two separate teacher-forced forwards over the sampled sequence: conditional, and with the
+  condition dropped (null class / null text)."""
+  scale = 2.5
+  if kind == "class":
+    model, params = cls
+    labels = jnp.array([2, 0, 1])
+    cond = dict(labels=labels)
+    first_c, first_u = labels, jnp.full((3,), model.null_class_token)
+    fwd_c = fwd_u = {}
+  else:
+    model = Stackformer(**dict(TINY, text_dim=8))
+    text = jax.random.normal(jax.random.key(0), (3, 4, 8))
+    mask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    params = _params(model, text=text, text_mask=mask)
+    cond = dict(text=text, text_mask=mask)
+    first_c = first_u = jnp.full((3,), model.sos_token)
+    fwd_c = dict(text=text, text_mask=mask)
+    fwd_u = dict(text=text, text_mask=mask, drop_cond=jnp.ones((3,), bool))
+  out = sampling.sample(model, params, jax.random.key(4),
+                        SamplerConfig(steps=6, top_k=5, temperature=2.0, guidance_scale=scale),
+                        return_logits=True, **cond)
+  pos_idx = jnp.concatenate([jnp.full((3, 1), model.sos_position), out.positions], 1)
+
+  def forward(first, kw):
+    idx = jnp.concatenate([first[:, None], out.codes + model.code_offset], 1)
+    s = split_sequences(idx, pos_idx)
+    return model.apply(params, s["codes_in"], s["pos_in"], s["next_codes"], **kw)
+
+  (c_code, c_pos), (u_code, u_pos) = forward(first_c, fwd_c), forward(first_u, fwd_u)
+  assert np.abs(c_code - u_code).max() > 0.1 and np.abs(c_pos - u_pos).max() > 0.1
+  np.testing.assert_allclose(out.code_logits, u_code + scale * (c_code - u_code), rtol=1e-5,
+                             atol=1e-4)
+  np.testing.assert_allclose(out.position_logits, u_pos + scale * (c_pos - u_pos), rtol=1e-5,
+                             atol=1e-4)
+
+
+def test_position_temperature_defaults_to_the_code_temperature(uncond):
+  """Authors: one temperature divides both the code and the position logits."""
+  model, params = uncond
+  assert SamplerConfig(steps=3).position_temperature is None
+  assert sampling.position_temperature(SamplerConfig(steps=3, temperature=2.5)) == 2.5
+  assert sampling.position_temperature(SamplerConfig(steps=3, temperature=2.5,
+                                                     position_temperature=0.5)) == 0.5
+  n = model.num_positions
+
+  def positions(**kw):
+    cfg = SamplerConfig(steps=n, top_k=8, **kw)
+    return np.asarray(sampling.sample(model, params, jax.random.key(9), cfg,
+                                      batch_size=32).positions)
+
+  shared = positions(temperature=3.0)
+  np.testing.assert_array_equal(shared, positions(temperature=3.0, position_temperature=3.0))
+  assert (shared != positions(temperature=3.0, position_temperature=1.0)).any()
+  with pytest.raises(ValueError, match=r"position_temperature must be a finite number > 0, "
+                                       r"got 0\.0"):
+    sampling.sample(model, params, jax.random.key(0),
+                    SamplerConfig(steps=3, position_temperature=0.0), batch_size=2)
 
 
 def test_bf16_decode_weights(uncond):
@@ -280,29 +338,40 @@ def test_dense_sampler():
   idx = jnp.concatenate([jnp.full((4, 1), model.sos_token), out.codes], 1)
   np.testing.assert_allclose(out.code_logits, model.apply(params, idx[:, :-1]), rtol=1e-5,
                              atol=1e-5)
-  with pytest.raises(ValueError, match="position_top_k"):
+  with pytest.raises(ValueError, match="position_top_k=2 does not apply to the dense GPT"):
     sampling.sample_dense(model, params, jax.random.key(1), SamplerConfig(steps=3,
                                                                           position_top_k=2),
                           batch_size=2)
 
 
 @pytest.mark.parametrize("cfg, kwargs, match", [
-    (SamplerConfig(steps=0), {}, "steps"),
-    (SamplerConfig(steps=13), {}, "steps"),  # 12 positions.
-    (SamplerConfig(steps=3, top_k=0), {}, "top_k"),
-    (SamplerConfig(steps=3, top_k=17), {}, "top_k"),  # 16 codes.
-    (SamplerConfig(steps=3, top_p=0.0), {}, "top_p"),
-    (SamplerConfig(steps=3, top_p=1.5), {}, "top_p"),
-    (SamplerConfig(steps=3, temperature=0.0), {}, "temperature"),
-    (SamplerConfig(steps=3, position_temperature=-1.0), {}, "position_temperature"),
-    (SamplerConfig(steps=3, position_top_k=13), {}, "position_top_k"),
-    (SamplerConfig(steps=3, position_top_p=0.0), {}, "position_top_p"),
-    (SamplerConfig(steps=3, guidance_scale=2.0), {}, "guidance_scale"),
-    (SamplerConfig(steps=3), {"batch_size": None}, "batch size"),
-    (SamplerConfig(steps=3), {"labels": np.zeros(2, np.int32)}, "labels"),
-    (SamplerConfig(steps=3, weight_dtype="int8"), {}, "weight_dtype"),
-    (SamplerConfig(steps=3, cache_buckets=0), {}, "cache_buckets"),
-    (SamplerConfig(steps=3, cache_buckets=True), {}, "cache_buckets"),
+    (SamplerConfig(steps=0), {}, r"^steps must be an int in \[1, 12\], got 0$"),
+    (SamplerConfig(steps=13), {}, r"^steps must be an int in \[1, 12\], got 13$"),  # 12 positions.
+    (SamplerConfig(steps=3, top_k=0), {}, r"^top_k must be None or an int in \[1, 16\], got 0$"),
+    (SamplerConfig(steps=3, top_k=17), {},
+     r"^top_k must be None or an int in \[1, 16\], got 17$"),  # 16 codes.
+    (SamplerConfig(steps=3, top_p=0.0), {}, r"^top_p must be None or in \(0, 1\], got 0\.0$"),
+    (SamplerConfig(steps=3, top_p=1.5), {}, r"^top_p must be None or in \(0, 1\], got 1\.5$"),
+    (SamplerConfig(steps=3, temperature=0.0), {},
+     r"^temperature must be a finite number > 0, got 0\.0$"),
+    (SamplerConfig(steps=3, position_temperature=-1.0), {},
+     r"^position_temperature must be a finite number > 0, got -1\.0$"),
+    (SamplerConfig(steps=3, position_top_k=13), {},
+     r"^position_top_k must be None or an int in \[1, 12\], got 13$"),
+    (SamplerConfig(steps=3, position_top_p=0.0), {},
+     r"^position_top_p must be None or in \(0, 1\], got 0\.0$"),
+    (SamplerConfig(steps=3, guidance_scale=2.0), {},
+     r"^guidance_scale=2\.0 needs a model with a null condition \(n_classes > 0 and "
+     r"null_class=True, or text_dim > 0\)$"),
+    (SamplerConfig(steps=3), {"batch_size": None}, r"^cannot infer one batch size: got \[\]$"),
+    (SamplerConfig(steps=3), {"labels": np.zeros(2, np.int32)},
+     r"^labels given but the model has n_classes=0$"),
+    (SamplerConfig(steps=3, weight_dtype="int8"), {},
+     r"^weight_dtype must be None or a float dtype, got 'int8'$"),
+    (SamplerConfig(steps=3, cache_buckets=0), {},
+     r"^cache_buckets must be None or an int >= 1, got 0$"),
+    (SamplerConfig(steps=3, cache_buckets=True), {},
+     r"^cache_buckets must be None or an int >= 1, got True$"),
 ])
 def test_bad_settings_raise(uncond, cfg, kwargs, match):
   model, params = uncond
@@ -313,5 +382,5 @@ def test_bad_settings_raise(uncond, cfg, kwargs, match):
 
 def test_class_model_needs_labels(cls):
   model, params = cls
-  with pytest.raises(ValueError, match="labels"):
+  with pytest.raises(ValueError, match=r"class-conditional sampling needs labels \[B\], got None"):
     sampling.sample(model, params, jax.random.key(0), SamplerConfig(steps=3), batch_size=2)

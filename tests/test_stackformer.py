@@ -84,7 +84,9 @@ def test_converter_rejects_unknown_and_missing_keys(official_small):
   del bad["transformer.value_head.1.weight"]
   with pytest.raises(ValueError, match=r"extra\.weight.*value_head\.1\.weight"):
     stackformer_params_from_torch(bad, "transformer.")
-  with pytest.raises(ValueError, match="missing"):
+  with pytest.raises(ValueError, match=r"cannot convert Stackformer weights under prefix "
+                                       r"'class_transformer\.': unknown keys \[\]; "
+                                       r"missing keys \["):
     stackformer_params_from_torch(sd, "class_transformer.")
   kw = stackformer_kwargs_from_official(dict(vocab_size=2024, position_size=1025, block_size=1024,
                                              n_embd=1024, n_head=16, value_layer=12,
@@ -93,7 +95,7 @@ def test_converter_rejects_unknown_and_missing_keys(official_small):
                                              n_classes=1000))
   model = Stackformer(**kw)
   assert (model.codebook_size, model.sos_position, model.code_layers) == (1024, 1024, 12)
-  with pytest.raises(ValueError, match="bogus"):
+  with pytest.raises(ValueError, match=r"unknown official Stackformer config keys: \['bogus'\]"):
     stackformer_kwargs_from_official(dict(vocab_size=3, position_size=3, block_size=2, bogus=1))
 
 
@@ -247,7 +249,8 @@ def test_clip_adapter_is_lazy():
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("transformers") is not None:
     pytest.skip("transformers installed; the adapter needs a local checkpoint to test")
-  with pytest.raises(ImportError, match="transformers"):
+  with pytest.raises(ImportError, match="FlaxCLIPTextEncoder needs the optional package "
+                                        "`transformers`"):
     FlaxCLIPTextEncoder("/nonexistent")
 
 
@@ -284,5 +287,5 @@ def test_grow_kv_cache():
   np.testing.assert_array_equal(grown[1]["v"][:, :, :4], cache[1]["v"])
   np.testing.assert_array_equal(grown[1]["v"][:, :, 4:], 0.0)
   assert grow_kv_cache(cache, 4)[0]["k"].shape == (3, 2, 4, 5)
-  with pytest.raises(ValueError, match="shrink"):
+  with pytest.raises(ValueError, match="cannot shrink a KV cache of length 4 to 3"):
     grow_kv_cache(cache, 3)

@@ -11,6 +11,8 @@ from configs import stackformer_imagenet256_class
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.core import loop as utils
 from maskvq_jax.models.mqvae import MQVAE
+from maskvq_jax.models.stackformer import Stackformer
+from maskvq_jax.stage2 import sampling
 from maskvq_jax.stage2 import trainer
 
 TOKENIZER_256 = MQVAE(resolution=256, keep_ratio=0.25)  # 32 x 32 grid, 1024 codes, K = 256
@@ -25,7 +27,8 @@ def _params(config):
 
 @pytest.mark.parametrize("module,arg,lo,hi", [
     (stackformer_ffhq256, "tokenizer=t", 307.5e6, 307.6e6),            # paper: 307M
-    (stackformer_imagenet256_class, "tokenizer=t", 309.6e6, 309.7e6),  # + null class row,
+    (stackformer_imagenet256_class, "tokenizer=t", 309.6e6, 309.7e6),  # + 1000 class rows
+    (stackformer_imagenet256_class, "tokenizer=t,null=True", 309.6e6, 309.7e6),  # + null row
     (stackformer_imagenet256_class, "tokenizer=t,large", 611.8e6, 612.0e6),
 ])
 def test_parameter_counts(module, arg, lo, hi):
@@ -33,7 +36,25 @@ def test_parameter_counts(module, arg, lo, hi):
   print(f"{module.__name__}:{arg}: {n / 1e6:.2f}M parameters")
   assert lo <= n <= hi, n
   assert c.model.position_size == 1025 and c.model.block_size == 1024
-  assert c.model.vocab_size == (1025 if not c.model.n_classes else 2025)
+  # codes + sos (uncond) or codes + classes (+ the null class when asked for)
+  want = 1025 if not c.model.n_classes else 1024 + 1000 + int(c.model.null_class)
+  assert c.model.vocab_size == want
+
+
+def test_imagenet_class_config_has_the_authors_vocabulary_and_guidance_one_argument_away():
+  c, n = _params(stackformer_imagenet256_class.get_config("tokenizer=t"))
+  g, n_null = _params(stackformer_imagenet256_class.get_config("tokenizer=t,null=True"))
+  assert (c.model.n_classes, c.model.null_class, c.model.cond_dropout) == (1000, False, 0.0)
+  assert c.model.vocab_size == 2024  # the authors' class vocabulary: 1024 codes + 1000 classes
+  assert (g.model.null_class, g.model.cond_dropout, g.model.vocab_size) == (True, 0.1, 2025)
+  assert n_null - n == 2 * 1024  # one more row in the code embedding and in the code head
+  guided = sampling.SamplerConfig(steps=4, guidance_scale=2.0)
+  labels = np.zeros((2,), np.int32)
+  with pytest.raises(ValueError, match=r"guidance_scale=2\.0 needs a model with a null condition"):
+    sampling.validate_stackformer_sampling(Stackformer(**trainer._model_kwargs(c)), guided,  # pylint: disable=protected-access
+                                           labels=labels)
+  assert sampling.validate_stackformer_sampling(
+      Stackformer(**trainer._model_kwargs(g)), guided, labels=labels) == 2  # pylint: disable=protected-access
 
 
 def test_text_config_resolves_and_validates():

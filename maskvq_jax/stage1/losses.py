@@ -49,7 +49,9 @@ def adaptive_weight(nll_grad, gan_grad, *, disc_weight=0.75, max_weight=1.0, eps
     eps: the 1e-4 of taming.
 
   Returns:
-    A float32 scalar with stopped gradient.
+    A float32 scalar with stopped gradient. Under jit the gradients are those of the global-batch
+    loss, so one weight serves the whole batch (the authors' DDP code computes one per GPU from
+    its local batch before the gradients are averaged).
   """
   n1 = jnp.linalg.norm(nll_grad.astype(jnp.float32).ravel())
   n2 = jnp.linalg.norm(gan_grad.astype(jnp.float32).ravel())

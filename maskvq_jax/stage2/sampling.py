@@ -34,7 +34,8 @@ class SamplerConfig:
   """Sampling settings (hashable: part of the jit cache key).
 
   top_k / top_p = None disable the filter; top_p = 1.0 is treated as disabled too. Positions have
-  their own temperature / top-k / top-p (the official code shares the temperature).
+  their own top-k / top-p; position_temperature = None uses the code `temperature` for positions
+  too (the official code divides both logits by one temperature), a number sets its own.
   guidance_scale = None: no classifier-free guidance (the value itself is traced, not compiled in).
   weight_dtype = "bfloat16" stores the matmul kernels in bf16 while decoding (activations,
   softmax and accumulation stay in the model dtype): about 1.4x faster on CPU, where one-token
@@ -51,7 +52,7 @@ class SamplerConfig:
   temperature: float = 1.0
   top_k: Optional[int] = None
   top_p: Optional[float] = None
-  position_temperature: float = 1.0
+  position_temperature: Optional[float] = None
   position_top_k: Optional[int] = None
   position_top_p: Optional[float] = None
   greedy: bool = False
@@ -66,6 +67,12 @@ class SampleOutput(NamedTuple):
   positions: jax.Array  # [B, K] grid positions 0..N-1, never repeated.
   code_logits: Optional[jax.Array] = None  # [B, K, V] raw (guided) logits per step.
   position_logits: Optional[jax.Array] = None  # [B, K, P] raw (guided) logits per step.
+
+
+def position_temperature(config: SamplerConfig) -> float:
+  """The temperature applied to position logits: its own if given, else the code temperature."""
+  t = config.position_temperature
+  return config.temperature if t is None else t
 
 
 # ----- filters ----------------------------------------------------------------------------------
@@ -224,7 +231,7 @@ def validate_stackformer_sampling(model: Stackformer, config: SamplerConfig, *, 
   """Raises ValueError on any bad setting; returns the batch size."""
   n = model.num_positions
   _check_common(config, model.codebook_size, min(n, model.block_size))
-  _check_filter("position_", config.position_temperature, config.position_top_k,
+  _check_filter("position_", position_temperature(config), config.position_top_k,
                 config.position_top_p, n)
   if config.guidance_scale is not None:
     s = config.guidance_scale
@@ -319,7 +326,7 @@ def _sample_stackformer(params, rng, labels, text, text_mask, guidance_scale, *,
     allowed = ~used
     if config.force_raster_order:  # Increasing positions, leaving room for the remaining steps.
       allowed &= (grid > last[:, None]) & (grid <= n - k + t)
-    new_pos = _pick(key_pos, pos_logits[:, :n], allowed, temperature=config.position_temperature,
+    new_pos = _pick(key_pos, pos_logits[:, :n], allowed, temperature=position_temperature(config),
                     top_k=config.position_top_k, top_p=config.position_top_p,
                     greedy=config.greedy)  # [B]
     used = used | (grid == new_pos[:, None])

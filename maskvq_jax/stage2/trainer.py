@@ -196,7 +196,8 @@ def _sampler_config(config, steps: int) -> sampling.SamplerConfig:
   opt = lambda v, off: None if v is None or v <= off else v
   return sampling.SamplerConfig(
       steps=int(steps), temperature=float(s.temperature), top_k=opt(s.top_k, 0),
-      top_p=opt(s.top_p, 0.0), position_temperature=float(s.position_temperature),
+      top_p=opt(s.top_p, 0.0),
+      position_temperature=None if s.position_temperature < 0 else float(s.position_temperature),
       position_top_k=opt(s.position_top_k, 0), position_top_p=opt(s.position_top_p, 0.0),
       guidance_scale=None if s.guidance_scale < 0 else float(s.guidance_scale))
 

@@ -202,9 +202,15 @@ def main(argv=None) -> int:
   res = c1.input.res
   metrics = {"size": size, "stage1": tokenizer_report(files.join(wd, "stage1"), wd, n_report, res),
              "stage2": sample_report(files.join(wd, "stage2"), wd, per_grid)}
-  metrics["stage1"].update(train_steps=s1["last_step"], train_seconds=round(s1_secs, 1),
+  # resumed_at_step: the checkpoint step this run started from (0: fresh); steps_run: the
+  # steps this run trained (0 when a rerun found both trainers finished).
+  metrics["stage1"].update(train_steps=s1["last_step"], resumed_at_step=s1["first_step"],
+                           steps_run=s1["last_step"] - s1["first_step"],
+                           train_seconds=round(s1_secs, 1),
                            final_train_l1=s1["train"].get("loss/l1"))
-  metrics["stage2"].update(train_steps=s2["last_step"], train_seconds=round(s2_secs, 1),
+  metrics["stage2"].update(train_steps=s2["last_step"], resumed_at_step=s2["first_step"],
+                           steps_run=s2["last_step"] - s2["first_step"],
+                           train_seconds=round(s2_secs, 1),
                            final_train_loss=s2["train"].get("loss"),
                            final_code_loss=s2["train"].get("loss/code_loss"),
                            final_position_loss=s2["train"].get("loss/position_loss"))
