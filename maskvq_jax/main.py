@@ -8,6 +8,8 @@ hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --
 (this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
 `config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
+Checkpoints of another configuration (core/resume_guard.py) are a one-line `error: ...` message
+with exit status 2; nothing in the workdir is moved.
 """
 import sys
 from typing import Optional
@@ -78,6 +80,9 @@ def main(argv):
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
+  except checkpointing.CheckpointRestoreError as e:
+    print(f"error: {e}", file=sys.stderr)  # the user's workdir / config; nothing was moved
+    sys.exit(2)
   except (FloatingPointError, checkpointing.CheckpointWriteError) as e:
     logging.error("%s", e)
     sys.exit(f"training stopped: {e}")

@@ -4,6 +4,7 @@
   progress.py       console progress bar with throughput and ETA (process 0).
   sharding.py       the one place for meshes and logical-axis rules.
   checkpointing.py  Orbax checkpoints: save, restore, resume order, quarantine of broken steps.
+  resume_guard.py   which config fields a resumed run may change (stored config vs this run's).
   writers.py        TensorBoard / console metric writers, image grids, parameter overview.
   loop.py           the trainers' shared loop: step counts, schedules, cadence, preemption,
                     NaN guard, restore-or-init.

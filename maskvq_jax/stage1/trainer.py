@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import resume_guard
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage1 import losses
 from maskvq_jax.models import lpips as lpips_lib
@@ -312,7 +313,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = input_pipeline.train_iter(config, batch_sh)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh)
+  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh,
+                                 check=resume_guard.checker(config))
   first = int(jax.device_get(state.step))
 
   lp_params = None
