@@ -8,8 +8,9 @@ hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --
 (this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
 `config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
-Checkpoints of another configuration (core/resume_guard.py) are a one-line `error: ...` message
-with exit status 2; nothing in the workdir is moved.
+A workdir in use by another trainer (core/workdir_lock.py; `--config.takeover_lock=True` takes
+over a stale lock) and checkpoints of another configuration (core/resume_guard.py) are one-line
+`error: ...` messages with exit status 2; nothing in the workdir is moved.
 """
 import sys
 from typing import Optional
@@ -21,6 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)
@@ -80,7 +82,7 @@ def main(argv):
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
-  except checkpointing.CheckpointRestoreError as e:
+  except (checkpointing.CheckpointRestoreError, workdir_lock.WorkdirLockError) as e:
     print(f"error: {e}", file=sys.stderr)  # the user's workdir / config; nothing was moved
     sys.exit(2)
   except (FloatingPointError, checkpointing.CheckpointWriteError) as e:

@@ -173,7 +173,7 @@ def test_fields_free_to_change_on_resume_are_not_compared():
       "input.batch_size": 16, "input.data_dir": "/moved", "eval.every_steps": 7,
       "log_every_steps": 9, "ckpt_every_steps": 6, "max_to_keep": 9, "compute_dtype": "bfloat16",
       "mesh": (("data", 2), ("fsdp", 4), ("model", 1)), "sharding_rules": "fsdp",
-  }))
+      "takeover_lock": True, "lock_timeout_s": 5.0}))
   assert check(meta, True) == [] and check(meta, False) == []
   check = resume_guard.checker(tiny("steps=4", **{"optim.lr": 1e-3, "loss.disc_weight": 0.5}))
   assert check(meta, True) == ["optim.lr: checkpoint 0.0002 vs config 0.001",
@@ -200,6 +200,10 @@ def run_dir(tmp_path_factory):
   return wd
 
 
+def test_lock_released_after_a_normal_run(run_dir):
+  assert not os.path.exists(os.path.join(run_dir, "workdir.lock"))
+
+
 def test_change_ch_mult_and_rerun_is_an_error_and_touches_nothing(run_dir, tmp_path):
   wd = str(tmp_path / "wd")
   shutil.copytree(run_dir, wd)
@@ -212,6 +216,7 @@ def test_change_ch_mult_and_rerun_is_an_error_and_touches_nothing(run_dir, tmp_p
                         "Nothing was moved or deleted.")
   assert f"--config.resume={wd}" in msg
   assert _snapshot(wd) == before  # same files, same bytes; no corrupt_checkpoints/
+  assert not os.path.exists(os.path.join(wd, "workdir.lock"))  # released on the error too
 
 
 def test_changed_optimizer_on_own_workdir_names_the_field(run_dir, tmp_path):

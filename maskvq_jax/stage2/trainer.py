@@ -41,6 +41,7 @@ import optax
 
 from maskvq_jax.core import checkpointing
 from maskvq_jax.core import resume_guard
+from maskvq_jax.core import workdir_lock
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage2 import losses as losses_stage2
 from maskvq_jax.stage2 import sampling
@@ -392,7 +393,15 @@ def _resume_check(config, tok_info):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests)."""
+  """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests).
+
+  Holds the workdir's lock for the whole run (core/workdir_lock.py).
+  """
+  with workdir_lock.hold(workdir, config):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
