@@ -91,7 +91,7 @@ def test_config_check_runs_before_restore_and_names_fields(tmp_path):
   before = _snapshot(tmp_path)
   check = lambda meta, own: [f"model.ch: checkpoint {meta['config']['model']['ch']} vs config 16"]
   with pytest.raises(checkpointing.IncompatibleCheckpointError,
-                     match=r"step 2 .* another configuration: model.ch: checkpoint 32 vs config 64"):
+                     match=r"step 2 .* another configuration: model.ch: checkpoint 32 vs config 16"):
     checkpointing.Checkpointer(d, save_every=1).restore_latest(_abstract(_small(0)), check)
   assert _snapshot(tmp_path) == before
 
