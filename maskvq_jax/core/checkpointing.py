@@ -240,7 +240,7 @@ class Checkpointer:
         if is_transient(e):
           raise
         error, out = e, None
-      if not self._agree_unreadable(error is not None, step):
+      if not self._agree_unreadable(error is not None):
         return out
       if error is None:  # readable here but not on another process: unreadable for the run
         error = RuntimeError("unreadable on another process")
@@ -260,11 +260,10 @@ class Checkpointer:
     return bool(self._opts["read_only"])
 
   @staticmethod
-  def _agree_unreadable(unreadable: bool, step: int) -> bool:
+  def _agree_unreadable(unreadable: bool) -> bool:
     """Every process takes the same decision: a step unreadable on one is unreadable for all."""
     if jax.process_count() == 1:
       return unreadable
-    del step
     flags = multihost_utils.process_allgather(np.asarray(unreadable, np.int32))
     return bool(np.any(flags))
 
