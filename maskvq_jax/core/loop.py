@@ -117,9 +117,14 @@ def check_finite(pending: list) -> list:
   return fetched
 
 
-def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh):
-  """Both trainers' start: restore (workdir -> `resume`) with the data position, else init."""
-  restored = checkpointing.restore_for_training(ckpt, abstract, resume)
+def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh,
+                      check=None):
+  """Both trainers' start: restore (workdir -> `resume`) with the data position, else init.
+
+  `check` (core/resume_guard.checker) compares each checkpoint's stored config with this run's
+  before anything is restored; a difference is an IncompatibleCheckpointError, nothing moved.
+  """
+  restored = checkpointing.restore_for_training(ckpt, abstract, resume, check)
   if restored is not None:
     step0, state, _, data_state = restored
     if data_state:

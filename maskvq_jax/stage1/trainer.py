@@ -34,6 +34,8 @@ import optax
 
 from maskvq_jax.core import checkpointing
 from maskvq_jax.core import files
+from maskvq_jax.core import resume_guard
+from maskvq_jax.core import workdir_lock
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage1 import losses
 from maskvq_jax.models import lpips as lpips_lib
@@ -286,7 +288,15 @@ def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
 
 # ===================================================================== train
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) stage 1 in `workdir`. Returns a summary dict (used by tests)."""
+  """Trains (or resumes) stage 1 in `workdir`. Returns a summary dict (used by tests).
+
+  Holds the workdir's lock for the whole run (core/workdir_lock.py).
+  """
+  with workdir_lock.hold(workdir, config):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   validate_config(config, jax.device_count())
@@ -312,7 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = input_pipeline.train_iter(config, batch_sh)
 
   # ---- resume order: workdir -> config.resume -> scratch
-  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh)
+  state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules, state_sh,
+                                 check=resume_guard.checker(config))
   first = int(jax.device_get(state.step))
 
   lp_params = None

@@ -40,6 +40,8 @@ import optax
 
 from maskvq_jax.core import checkpointing
 from maskvq_jax.core import files
+from maskvq_jax.core import resume_guard
+from maskvq_jax.core import workdir_lock
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage2 import losses as losses_stage2
 from maskvq_jax.stage2 import sampling
@@ -384,26 +386,22 @@ def _run_meta(config, step, mesh, tok_info) -> dict:
   return meta
 
 
-def _check_existing_run(ckpt, config, tok_info):
-  """A workdir's own checkpoints must have been trained on the same tokenizer geometry."""
-  step = ckpt.latest_step()
-  if step is None:
-    return
-  meta = checkpointing.read_meta(str(ckpt.directory), step)
-  old_model, old_tok = meta.get("config", {}).get("model", {}), meta.get("tokenizer", {})
-  checks = [(f"model.{k}", old_model.get(k), config.model[k])
-            for k in ("vocab_size", "position_size", "block_size", "n_classes", "text_dim")]
-  checks += [(f"tokenizer {k}", old_tok.get(k), tok_info[k])
-             for k in ("tokens_per_image", "keep_ratio", "grid", "codebook_size")]
-  for name, old, new in checks:
-    if old is not None and old != new:
-      raise ValueError(f"workdir checkpoint step {step} has {name}={old} but this run "
-                       f"(tokenizer {config.tokenizer!r}) gives {new}; use a new workdir or the "
-                       "original tokenizer")
+def _resume_check(config, tok_info):
+  """Stored config and tokenizer geometry must match this run's (core/resume_guard.py)."""
+  geometry = {k: tok_info[k] for k in ("tokens_per_image", "keep_ratio", "grid", "codebook_size")}
+  return resume_guard.checker(config, extra={"tokenizer": geometry})
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests)."""
+  """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests).
+
+  Holds the workdir's lock for the whole run (core/workdir_lock.py).
+  """
+  with workdir_lock.hold(workdir, config):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
@@ -438,14 +436,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       files.join(workdir, "checkpoints"), save_every=config.ckpt_every_steps,
       max_to_keep=config.max_to_keep, keep_every=config.keep_every_steps,
       async_save=config.async_checkpointing)
-  _check_existing_run(ckpt, config, tok_info)
   need_label, text_len = bool(config.model.n_classes), (
       config.input.text_len if parts.text is not None else 0)
   data = stage2_data.train_iter(config, batch_sh, need_label=need_label, text_len=text_len)
 
   # ---- resume order: workdir -> config.resume -> scratch
   state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules,
-                                   state_sh)
+                                   state_sh, check=_resume_check(config, tok_info))
   first = int(jax.device_get(state.step))
 
   step_fn = jax.jit(functools.partial(train_step, parts=parts),

@@ -1,0 +1,169 @@
+"""The workdir lock: one trainer per workdir, holder named, stale locks reported and taken over.
+
+Multi-process runs (one lock, process 0's) are covered by test_multiprocess; the trainers' release
+after a normal run and after an error by test_resume_guard.
+"""
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from maskvq_jax.core import workdir_lock
+from maskvq_jax.stage1 import trainer
+from stage1_testlib import tiny  # tests/ is on sys.path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = socket.gethostname()
+
+
+def _dead_pid() -> int:
+  p = subprocess.Popen(["true"])
+  p.wait()
+  return p.pid
+
+
+def _write_lock(workdir, **fields):
+  now = time.time()
+  info = dict(host=HOST, pid=_dead_pid(), proc_start=None, start_time=now - 100, heartbeat=now,
+              token="theirs", command="python -m maskvq_jax.main ...")
+  info.update(fields)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "workdir.lock"), "w") as f:
+    json.dump(info, f)
+  return info
+
+
+def _read_lock(workdir) -> dict:
+  with open(os.path.join(workdir, "workdir.lock")) as f:
+    return json.load(f)
+
+
+def test_acquire_writes_owner_and_release_removes_it(tmp_path):
+  lock = workdir_lock.WorkdirLock(str(tmp_path / "wd")).acquire()
+  info = _read_lock(tmp_path / "wd")
+  assert (info["host"], info["pid"], info["token"]) == (HOST, os.getpid(), lock.token)
+  assert abs(info["start_time"] - time.time()) < 60 and info["heartbeat"] >= info["start_time"]
+  lock.release()
+  assert os.listdir(tmp_path / "wd") == []  # no lock, no temporary files
+
+
+def test_second_trainer_is_refused_at_once_naming_host_and_pid(tmp_path):
+  wd = str(tmp_path / "wd")
+  with workdir_lock.hold(wd, timeout_s=600):
+    t = time.time()
+    with pytest.raises(workdir_lock.WorkdirLockError,
+                       match=rf"workdir {wd} is in use by pid {os.getpid()} on host {HOST} "
+                             r"\(started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d.*, last heartbeat \d+ s ago"):
+      trainer.train(tiny("steps=2"), wd)
+    assert time.time() - t < 30  # before building or compiling anything
+    # even the takeover flag does not take a live lock
+    with pytest.raises(workdir_lock.WorkdirLockError, match="is in use by"):
+      trainer.train(tiny("steps=2", takeover_lock=True), wd)
+    assert sorted(os.listdir(wd)) == ["workdir.lock"]  # nothing else written
+  assert os.listdir(wd) == []
+
+
+def test_second_trainer_cli_one_error_line_exit_2(tmp_path):
+  wd = str(tmp_path / "wd")
+  with workdir_lock.hold(wd):
+    proc = subprocess.run(
+        [sys.executable, "-m", "maskvq_jax.main", "--config",
+         "configs/quickstart.py:tiny,perceptual=0,steps=2", "--workdir", wd],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=600)
+    holder = _read_lock(wd)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr
+  assert errors[0].startswith(f"error: workdir {wd} is in use by pid {os.getpid()} on host {HOST} "
+                              f"(started {workdir_lock._when(holder['start_time'])}")  # pylint: disable=protected-access
+  assert errors[0].endswith("Stop that run first, or use another --workdir")
+
+
+def test_stale_lock_of_a_dead_pid_is_reported_and_taken_over_with_the_flag(tmp_path, caplog):
+  wd = str(tmp_path / "wd")
+  old = _write_lock(wd)
+  with pytest.raises(workdir_lock.WorkdirLockError,
+                     match=rf"workdir {wd} has a stale lock from pid {old['pid']} on host {HOST} "
+                           rf".*: process {old['pid']} is not running on this host\. If no trainer "
+                           r"uses this workdir, rerun with --config.takeover_lock=True"):
+    workdir_lock.WorkdirLock(wd).acquire()
+  assert _read_lock(wd) == old  # untouched without the flag
+  with caplog.at_level(logging.WARNING):
+    lock = workdir_lock.WorkdirLock(wd, takeover=True).acquire()
+  assert f"taking over the stale lock of pid {old['pid']} on host {HOST}" in caplog.text
+  assert "is not running on this host" in caplog.text
+  assert _read_lock(wd)["token"] == lock.token and _read_lock(wd)["pid"] == os.getpid()
+  lock.release()
+  assert not os.path.exists(os.path.join(wd, "workdir.lock"))
+
+
+def test_stale_by_heartbeat_timeout_on_another_host(tmp_path):
+  wd = str(tmp_path / "wd")
+  _write_lock(wd, host="other-host", pid=12345, heartbeat=time.time() - 30)
+  with pytest.raises(workdir_lock.WorkdirLockError, match="is in use by pid 12345 on host other-host"):
+    workdir_lock.WorkdirLock(wd, takeover=True, timeout_s=600).acquire()  # live: 30 s < 600 s
+  with pytest.raises(workdir_lock.WorkdirLockError,
+                     match=r"stale lock .*: no heartbeat for (29|30|31) s \(lock_timeout_s=20\)"):
+    workdir_lock.WorkdirLock(wd, timeout_s=20).acquire()
+  lock = workdir_lock.WorkdirLock(wd, takeover=True, timeout_s=20).acquire()
+  lock.release()
+
+
+def test_reused_pid_and_own_pid_are_stale():
+  now = time.time()
+  assert workdir_lock.stale_reason(dict(host=HOST, pid=os.getpid(), token="x", heartbeat=now),
+                                   now, 600).startswith(f"pid {os.getpid()} is this process")
+  parent = os.getppid()
+  info = dict(host=HOST, pid=parent, proc_start=-1, token="x", heartbeat=now)
+  if workdir_lock._proc_start(parent) is not None:  # pylint: disable=protected-access
+    assert workdir_lock.stale_reason(info, now, 600) == f"pid {parent} now belongs to another process"
+  info["proc_start"] = workdir_lock._proc_start(parent)  # pylint: disable=protected-access
+  assert workdir_lock.stale_reason(info, now, 600) is None
+  assert workdir_lock.stale_reason(None, now, 600) == "the lock file cannot be read"
+
+
+def test_heartbeat_refreshes_and_a_takeover_stops_the_holder(tmp_path):
+  wd = str(tmp_path / "wd")
+  with pytest.raises(workdir_lock.WorkdirLockError,
+                     match=r"was taken over by pid 4242 on host other-host .*this run stopped"):
+    with workdir_lock.hold(wd, timeout_s=0.4) as lock:  # heartbeat every 0.1 s
+      first = _read_lock(wd)["heartbeat"]
+      deadline = time.time() + 20
+      while _read_lock(wd)["heartbeat"] == first:
+        assert time.time() < deadline
+        time.sleep(0.02)
+      _write_lock(wd, host="other-host", pid=4242, token="newer")  # another run took it over
+      while time.time() < deadline:  # interrupted (KeyboardInterrupt -> WorkdirLockError)
+        time.sleep(0.02)
+  assert lock.lost and _read_lock(wd)["token"] == "newer"  # the new holder's lock is kept
+
+
+def test_unreadable_lock_is_stale_and_can_be_taken_over(tmp_path):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / "workdir.lock").write_text("{garbage")
+  with pytest.raises(workdir_lock.WorkdirLockError, match="the lock file cannot be read"):
+    workdir_lock.WorkdirLock(str(wd)).acquire()
+  workdir_lock.WorkdirLock(str(wd), takeover=True).acquire().release()
+  assert os.listdir(wd) == []
+
+
+def test_object_store_path_through_epath(tmp_path, monkeypatch):
+  """The URL code path (no hard links: write, pause, read back), run on a local directory."""
+  monkeypatch.setattr(workdir_lock.files, "is_remote", lambda p: True)
+  monkeypatch.setattr(workdir_lock.files, "absolute", str)
+  wd = str(tmp_path / "wd")
+  a = workdir_lock.WorkdirLock(wd, settle_s=0.0)
+  assert a.remote
+  a.acquire()
+  with pytest.raises(workdir_lock.WorkdirLockError, match=f"is in use by pid {os.getpid()}"):
+    workdir_lock.WorkdirLock(wd, settle_s=0.0).acquire()
+  a.heartbeat()
+  a.release()
+  assert os.listdir(wd) == []
