@@ -125,7 +125,9 @@ forward_term() {  # \$1: the signal the batch shell received
 trap 'forward_term USR1' USR1
 trap 'forward_term TERM' TERM
 # One task per GPU; every task sees the node's GPUs and JAX takes GPU number SLURM_LOCALID.
-srun --kill-on-bad-exit=1 --gpu-bind=none $(q "$PYTHON") -m maskvq_jax.main --config $(q "$CONFIG") --workdir $(q "$WORKDIR") --multihost${EXTRA_FLAGS:+ $EXTRA_FLAGS} &
+# A requeued run after a crash finds the workdir lock of the dead run: take over a stale one.
+TAKEOVER=; (( \${SLURM_RESTART_COUNT:-0} > 0 )) && TAKEOVER=--config.takeover_lock=True
+srun --kill-on-bad-exit=1 --gpu-bind=none $(q "$PYTHON") -m maskvq_jax.main --config $(q "$CONFIG") --workdir $(q "$WORKDIR") --multihost${EXTRA_FLAGS:+ $EXTRA_FLAGS} \$TAKEOVER &
 SRUN_PID=\$!
 while kill -0 \"\$SRUN_PID\" 2>/dev/null; do wait \"\$SRUN_PID\"; done  # a trap interrupts wait
 wait \"\$SRUN_PID\"; RC=\$?  # srun's own status (bash keeps it)

@@ -180,9 +180,9 @@ cd $REMOTE_DIR && PYTHON=\"\$PY\" bash launch/setup_env.sh && \
 echo \"\$(hostname): \$(.venv/bin/python -c 'import sys, jax; print(sys.version.split()[0], \"jax\", jax.__version__)')\""
 }
 
-do_train() {
+do_train() {  # $1 (resume only): extra trainer flags
   local main
-  main=".venv/bin/python -m maskvq_jax.main --config $(printf %q "$CONFIG") --workdir $(printf %q "$WORKDIR") --multihost${EXTRA_FLAGS:+ $EXTRA_FLAGS}"
+  main=".venv/bin/python -m maskvq_jax.main --config $(printf %q "$CONFIG") --workdir $(printf %q "$WORKDIR") --multihost${EXTRA_FLAGS:+ $EXTRA_FLAGS}${1:+ $1}"
   on_workers all "set -e; $LOG_VARS; \
 if $RUNNING; then echo \"\$(hostname): training is already running (pid \$(cat \"\$PIDF\")), log \$LOG\" >&2; exit 1; fi; \
 cd $REMOTE_DIR; echo \"== \$(date -u +%FT%TZ) training starts on \$(hostname)\" >> \"\$LOG\"; \
@@ -223,7 +223,8 @@ do_resume() {
     *) die "$TPU_NAME is $state: wait until it is READY (or delete it) and run resume again";;
   esac
   do_install
-  do_train
+  # A preempted slice never released the workdir lock; take over a stale one (never a live one).
+  do_train --config.takeover_lock=True
 }
 
 do_delete() {

@@ -124,6 +124,9 @@ def test_tpu_vm_resume_recreates_installs_and_trains_on_same_workdir():
   assert verbs[:2] == ["describe", "create"] and verbs[-1] == "ssh"
   assert any("setup_env.sh" in r for r in remote)
   assert "--workdir gs://bucket/run" in remote[-1] and "setsid nohup" in remote[-1]
+  assert "--config.takeover_lock=True" in remote[-1]  # the preempted run left a stale lock
+  _, train = _tpu_commands(dict(TPU, ACCELERATOR_TYPE="v6e-16"), "train")
+  assert "takeover_lock" not in train[-1]  # a plain train never takes over
 
 
 @pytest.mark.parametrize("step,worker,needle", [
@@ -355,6 +358,8 @@ def test_slurm_batch_script_signal_and_requeue(tmp_path, case, sig, task_secs, t
   recorded = calls.read_text().splitlines()
   assert proc.returncode == want_rc, (recorded, err)
   assert recorded[0].startswith("srun --kill-on-bad-exit=1 --gpu-bind=none ")
+  # a requeued run (after a crash the dead run's workdir lock is stale) takes over a stale lock
+  assert recorded[0].endswith(" --config.takeover_lock=True") == (restarts > 0), recorded[0]
   assert "srun got TERM" not in recorded  # srun would SIGKILL its tasks: never signal it
   if sig is None:
     assert recorded == [recorded[0], "task started"], recorded
