@@ -31,6 +31,7 @@ set -euo pipefail
 die() { echo "local_multiprocess.sh: $*" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/launch/lib.sh"
 [[ -n "${WORKDIR:-}" ]] || die "WORKDIR is not set: the shared workdir of the run (e.g. WORKDIR=/tmp/mp_run)"
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
 DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-4}"
@@ -47,12 +48,7 @@ fi
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN=$DRY_RUN must be 0 or 1"
 command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not executable"
 (( $# > 0 )) || die "no arguments for maskvq_jax.main: pass at least --config configs/<x>.py"
-for a in "$@"; do
-  case "$a" in
-    --workdir*|--coordinator_address*|--num_processes*|--process_id*|--multihost*)
-      die "do not pass $a: the script sets it (use WORKDIR / NUM_PROCESSES / PORT)";;
-  esac
-done
+reject_set_flags "(WORKDIR, NUM_PROCESSES and PORT set them) do not pass" "$@"
 if [[ -z "${PORT:-}" ]]; then
   PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 fi

@@ -50,6 +50,7 @@ set -euo pipefail
 die() { echo "slurm_gpu.sh: $*" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/launch/lib.sh"
 [[ -n "${WORKDIR:-}" ]] || die "WORKDIR is not set: a workdir on storage every node sees (e.g. WORKDIR=/shared/ckpt/run1)"
 CONFIG="${CONFIG:-configs/mqvae_imagenet256.py}"
 NODES="${NODES:-1}"
@@ -77,14 +78,9 @@ done
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN=$DRY_RUN must be 0 or 1"
 [[ "$TIME" =~ ^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$ ]] || die "TIME=$TIME is not a SLURM time (e.g. 24:00:00 or 2-00:00:00)"
 [[ "$JOB_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "JOB_NAME=$JOB_NAME: use letters, digits, '.', '_' or '-'"
-cfg_file="${CONFIG%%:*}"
-[[ -f "$REPO/$cfg_file" ]] || die "CONFIG=$CONFIG: $cfg_file not found in $REPO"
-for a in $EXTRA_FLAGS; do
-  case "$a" in
-    --workdir*|--coordinator_address*|--num_processes*|--process_id*|--multihost*)
-      die "EXTRA_FLAGS must not contain $a: the script sets it";;
-  esac
-done
+require_config
+# shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
+reject_set_flags "EXTRA_FLAGS must not contain" $EXTRA_FLAGS
 if [[ "$DRY_RUN" == 0 ]]; then
   command -v sbatch >/dev/null 2>&1 || die "sbatch not found: run this on a SLURM login node"
   [[ -x "$PYTHON" ]] || die "PYTHON=$PYTHON is not executable (run launch/setup_env.sh, then pip install 'jax[cuda12]')"

@@ -59,6 +59,7 @@ set -euo pipefail
 die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/launch/lib.sh"
 STEP="${1:-all}"
 case "$STEP" in create|install|train|status|logs|stop|resume|delete|all) ;; *)
   die "unknown step '$STEP': choose create, install, train, status, logs, stop, resume, delete or all";; esac
@@ -127,14 +128,9 @@ if needs train all resume; then
     fi
     die "WORKDIR=$WORKDIR is not a gs:// path; every worker of a pod must write to the same shared workdir (set ACCELERATOR_TYPE of a single-host slice to use a local path)"
   fi
-  cfg_file="${CONFIG%%:*}"
-  [[ -f "$REPO/$cfg_file" ]] || die "CONFIG=$CONFIG: $cfg_file not found in $REPO"
-  for a in $EXTRA_FLAGS; do
-    case "$a" in
-      --workdir*|--coordinator_address*|--num_processes*|--process_id*|--multihost*)
-        die "EXTRA_FLAGS must not contain $a: the script sets it";;
-    esac
-  done
+  require_config
+  # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
+  reject_set_flags "EXTRA_FLAGS must not contain" $EXTRA_FLAGS
 fi
 if [[ "$DRY_RUN" == 0 ]]; then
   command -v gcloud >/dev/null 2>&1 || die "gcloud not found on PATH (install the Google Cloud SDK)"

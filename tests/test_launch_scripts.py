@@ -394,7 +394,7 @@ def test_local_multiprocess_dry_run(tmp_path):
     (dict(WORKDIR="/tmp/w", NUM_PROCESSES="two"), ("--config", "c.py"), "NUM_PROCESSES=two"),
     (dict(WORKDIR="/tmp/w", PORT="70000"), ("--config", "c.py"), "PORT=70000 is not a TCP port"),
     (dict(WORKDIR="/tmp/w"), (), "no arguments for maskvq_jax.main"),
-    (dict(WORKDIR="/tmp/w"), ("--config", "c.py", "--workdir=/x"), "do not pass --workdir=/x"),
+    (dict(WORKDIR="/tmp/w"), ("--config", "c.py", "--workdir=/x"), "do not pass --workdir=/x: the script sets it"),
 ])
 def test_local_multiprocess_fails_early(env, args, match):
   rc, out, err = _run("local_multiprocess.sh", dict(env, DRY_RUN="1"), *args)
