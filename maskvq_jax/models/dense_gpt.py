@@ -17,7 +17,11 @@ Dtype = Any
 
 
 class DenseGPT(nn.Module):
-  """minGPT over dense code sequences (token + learned absolute position embedding)."""
+  """minGPT over dense code sequences (token + learned absolute position embedding).
+
+  scan_layers / remat_policy: as in `Stackformer` (params `blocks/...` stacked on a leading
+  "layers" axis instead of `blocks_<i>`; `layer_stacks` for `transformer.relayout`).
+  """
   vocab_size: int  # codebook_size + 1 (sos = codebook_size).
   block_size: int  # N, the number of grid tokens.
   d_model: int = 256
@@ -27,6 +31,8 @@ class DenseGPT(nn.Module):
   resid_dropout: float = 0.0
   attn_dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   @property
   def codebook_size(self) -> int:
@@ -40,6 +46,10 @@ class DenseGPT(nn.Module):
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
 
+  @property
+  def layer_stacks(self) -> dict:
+    return {"blocks": self.n_layers}
+
   def setup(self):
     if self.d_model % self.n_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
@@ -49,7 +59,8 @@ class DenseGPT(nn.Module):
                               (self.block_size, self.d_model), jnp.float32)
     self.blocks = make_layers(self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
                               attn_dropout=self.attn_dropout, resid_dropout=self.resid_dropout,
-                              dtype=self.dtype)
+                              dtype=self.dtype, scan=self.scan_layers,
+                              remat_policy=self.remat_policy)
     self.head_ln = layer_norm(self.dtype)
     self.head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype)
     self.embed_drop = nn.Dropout(self.embd_dropout)
@@ -70,7 +81,8 @@ class DenseGPT(nn.Module):
 
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32) -> KVCache:
     """Empty KV cache for `length` steps (no params needed; call on the unbound module)."""
-    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype)
+    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype,
+                         stacked=self.scan_layers)
 
   def step(self, cache: KVCache, codes, index):
     """codes [B, S] at sequence offset `index` -> (logits [B, S, V], new cache)."""

@@ -46,6 +46,13 @@ class Stackformer(nn.Module):
 
   Fields mirror the official config: vocab_size, position_size, block_size, d_model (n_embd),
   n_heads (n_head), code_layers (value_layer), position_layers (position_layer), dropouts.
+
+  Performance options (same function, see `transformer.py`): attention_impl; scan_layers (each
+  transformer is one `nn.scan` over its blocks: params `code_blocks/...`, `position_blocks/...`
+  stacked on a leading "layers" axis instead of `code_blocks_<i>` ..., KV caches stacked too;
+  convert weights with `transformer.relayout(variables, model.layer_stacks, scanned=True)`);
+  remat_policy (none | full | dots_saveable | dots_with_no_batch_dims_saveable: what each block
+  keeps for the backward pass). remat=True is the older spelling of remat_policy="full".
   """
   vocab_size: int
   position_size: int
@@ -64,7 +71,9 @@ class Stackformer(nn.Module):
   use_abs_pos: bool = True
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"  # or "dot_product" (jax.nn.dot_product_attention); see Attention
-  remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+  remat: bool = False  # = remat_policy "full" (when remat_policy is "none")
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   # ----- token layout -------------------------------------------------------------------------
   @property
@@ -99,6 +108,11 @@ class Stackformer(nn.Module):
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
 
+  @property
+  def layer_stacks(self) -> dict:
+    """{param prefix: number of layers} of the two transformers (for `transformer.relayout`)."""
+    return {"code_blocks": self.code_layers, "position_blocks": self.position_layers}
+
   # ----- modules ------------------------------------------------------------------------------
   def setup(self):
     if self.d_model % self.n_heads:
@@ -123,7 +137,9 @@ class Stackformer(nn.Module):
                                   (self.text_dim,), jnp.float32)
     block = dict(d_model=self.d_model, n_heads=self.n_heads, attn_dropout=self.attn_dropout,
                  resid_dropout=self.resid_dropout, cross_attention=bool(self.text_dim),
-                 dtype=self.dtype, attention_impl=self.attention_impl, remat=self.remat)
+                 dtype=self.dtype, attention_impl=self.attention_impl, scan=self.scan_layers,
+                 remat_policy="full" if self.remat and self.remat_policy == "none"
+                 else self.remat_policy)
     self.code_blocks = make_layers(self.code_layers, **block)
     self.position_blocks = make_layers(self.position_layers, **block)
     self.code_head_ln = layer_norm(self.dtype)
@@ -213,8 +229,9 @@ class Stackformer(nn.Module):
   # ----- KV-cached decoding -------------------------------------------------------------------
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32):
     """Empty (code_cache, position_cache) for `length` steps. Needs no params (call unbound)."""
-    return (init_kv_cache(self.code_layers, batch, length, self.n_heads, self.head_dim, dtype),
-            init_kv_cache(self.position_layers, batch, length, self.n_heads, self.head_dim, dtype))
+    kw = dict(batch=batch, length=length, n_heads=self.n_heads, head_dim=self.head_dim,
+              dtype=dtype, stacked=self.scan_layers)
+    return init_kv_cache(self.code_layers, **kw), init_kv_cache(self.position_layers, **kw)
 
   def code_step(self, cache: KVCache, codes, positions, index, context: Optional[Context] = None):
     """Code-Transformer on tokens at sequence offset `index` with a KV cache (eval mode).

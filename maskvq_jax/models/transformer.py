@@ -1,11 +1,19 @@
 """Transformer pieces shared by the stage-2 models (Stackformer, dense GPT, byte text encoder).
 
 One copy of the minGPT block the authors use (pre-LN, separate q/k/v Linear with bias, exact
-GELU, LayerNorm eps 1e-5, N(0, 0.02) init), its KV cache, and the loop that runs a stack of
+GELU, LayerNorm eps 1e-5, N(0, 0.02) init), its KV cache, and the code that runs a stack of
 blocks, so the three models run the same attention code and keep the official parameter names
 (`<stack>_<i>/{ln1, attn/{query, key, value, proj}, ln2, mlp_fc, mlp_out}`).
+
+A stack runs unrolled (one Python loop step per block, params `<stack>_0 .. <stack>_{n-1}`) or
+scanned (`nn.scan` over one block, params `<stack>/...` stacked on a leading "layers" axis, KV
+caches stacked the same way): the same function, compiled once per stack instead of once per
+block. `stack_layers` / `unstack_layers` / `relayout` convert weights between the two layouts
+(official checkpoints convert to the unrolled one). Blocks can recompute their activations in the
+backward pass (`remat_policy`).
 """
-from typing import Any, Optional, Sequence, Union
+import functools
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -13,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-KVCache = list  # One {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer.
-Context = tuple  # Cross-attention inputs: (per-layer [(k, v)], mask [B, Lc] bool).
+# Unrolled: one {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer (a list); scanned: one
+# {"k": [n, B, H, L, Dh], "v": ...} dict stacked over the n layers.
+KVCache = Union[list, dict]
+# Cross-attention inputs: (per-layer [(k, v)] or, scanned, (k, v) stacked [n, B, H, Lc, Dh],
+# mask [B, Lc] bool).
+Context = tuple
 Layers = Union[Sequence[nn.Module], nn.Module]  # What `make_layers` returns.
 
 INIT = nn.initializers.normal(stddev=0.02)
@@ -28,6 +40,16 @@ ATTENTION_IMPLS = ("xla", "dot_product")
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
 CACHE_NAMES = ("batch", "heads", "length", "head_dim")
+# Logical name of the leading axis of scanned params and stacked caches. No sharding preset maps
+# it, so it stays unsharded (each device holds all layers of its shard).
+LAYERS = "layers"
+# remat_policy -> jax.checkpoint policy (None = save nothing, recompute the whole block).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _promote_keep_kernel(inputs, kernel, bias, *, dtype=None):
@@ -84,33 +106,41 @@ def causal_mask(q_len: int, k_len: int, offset=0) -> jax.Array:
 
 
 # ----- KV cache -----------------------------------------------------------------------------
+def _cache_names(x) -> tuple:
+  return CACHE_NAMES if x.ndim == len(CACHE_NAMES) else (LAYERS,) + CACHE_NAMES
+
+
 def init_kv_cache(n_layers: int, batch: int, length: int, n_heads: int, head_dim: int,
-                  dtype: Dtype = jnp.float32) -> KVCache:
-  """Zero KV cache, one {"k", "v"} pair of [B, H, L, Dh] per layer (static shapes)."""
-  def zeros():
-    return nn.with_logical_constraint(jnp.zeros((batch, n_heads, length, head_dim), dtype),
-                                      CACHE_NAMES)
-  return [{"k": zeros(), "v": zeros()} for _ in range(n_layers)]
+                  dtype: Dtype = jnp.float32, *, stacked: bool = False) -> KVCache:
+  """Zero KV cache (static shapes): one {"k", "v"} pair of [B, H, L, Dh] per layer, or with
+  `stacked` (scanned layers) one pair of [n_layers, B, H, L, Dh]."""
+  shape = (batch, n_heads, length, head_dim)
+  def zeros(shape):
+    x = jnp.zeros(shape, dtype)
+    return nn.with_logical_constraint(x, _cache_names(x))
+  if stacked:
+    return {"k": zeros((n_layers,) + shape), "v": zeros((n_layers,) + shape)}
+  return [{"k": zeros(shape), "v": zeros(shape)} for _ in range(n_layers)]
 
 
 def grow_kv_cache(cache: KVCache, length: int) -> KVCache:
-  """The cache with its length axis zero-padded to `length` (entries kept in place).
+  """The cache (either layout) with its length axis zero-padded to `length` (entries kept).
 
   The sampler decodes in buckets of steps with growing static cache lengths, so early steps
   attend over (and read) a short cache instead of the final one; see `sampling`.
   """
   def grow(x):
-    pad = length - x.shape[2]
+    pad = length - x.shape[-2]
     if pad < 0:
-      raise ValueError(f"cannot shrink a KV cache of length {x.shape[2]} to {length}")
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
-    return nn.with_logical_constraint(x, CACHE_NAMES)
-  return [{name: grow(x) for name, x in layer.items()} for layer in cache]
+      raise ValueError(f"cannot shrink a KV cache of length {x.shape[-2]} to {length}")
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)]) if pad else x
+    return nn.with_logical_constraint(x, _cache_names(x))
+  return jax.tree.map(grow, cache)
 
 
 def cache_length(cache: KVCache) -> int:
-  """Static length L of a KV cache."""
-  return cache[0]["k"].shape[2]
+  """Static length L of a KV cache (either layout)."""
+  return jax.tree.leaves(cache)[0].shape[-2]
 
 
 # ----- attention and block ------------------------------------------------------------------
@@ -253,7 +283,8 @@ class LayerBlock(Block):
   """`Block` with the calling convention of a layer stack, all arguments positional.
 
   (x, layer, mask, train, index, context_mask) -> (x, new cache); layer = (cache, (k, v)) of
-  this layer, either entry None. `train` is argument 4 (counting self) for `nn.remat`.
+  this layer, either entry None. `train` is argument 4 (counting self) for `nn.remat`; in a scan
+  `layer` is the scanned input, the rest are broadcast.
   """
 
   def __call__(self, x, layer, mask, train, index, context_mask):  # pylint: disable=arguments-differ
@@ -261,41 +292,150 @@ class LayerBlock(Block):
     context = None if kv is None else (kv[0], kv[1], context_mask)
     return super().__call__(x, mask, train=train, cache=cache, index=index, context=context)
 
+  def layer_context(self, carry, context):
+    """Scan form of `context_kv`: (carry, context [B, Lc, Dc]) -> (carry, (k, v))."""
+    return carry, self.context_kv(context)
 
-_RematLayerBlock = nn.remat(LayerBlock, static_argnums=(4,))
+
+def check_remat_policy(name: str) -> str:
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={name!r}; choose one of {tuple(REMAT_POLICIES)}")
+  return name
 
 
-def make_layers(n: int, *, remat: bool = False, **block_kwargs) -> Layers:
-  """n `LayerBlock`s for a parent's setup(); assigned to `self.<stack>` their params are
-  `<stack>_0 .. <stack>_{n-1}`. remat: recompute each block's activations in the backward pass."""
-  cls = _RematLayerBlock if remat else LayerBlock
+@functools.lru_cache(maxsize=None)
+def _layer_class(n: int, scan: bool, remat_policy: str):
+  """LayerBlock, optionally remat'ed, optionally scanned n times (classes built once)."""
+  cls = LayerBlock
+  if remat_policy != "none":
+    # A scan body is not CSE'd across iterations anyway; prevent_cse would only slow it down.
+    cls = nn.remat(cls, static_argnums=(4,), policy=REMAT_POLICIES[remat_policy],
+                   prevent_cse=not scan)
+  if not scan:
+    return cls
+  common = dict(variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                length=n, metadata_params={nn.PARTITION_NAME: LAYERS})
+  bcast = nn.broadcast
+  return nn.scan(cls, methods={"__call__": dict(common, in_axes=(0, bcast, bcast, bcast, bcast)),
+                               "layer_context": dict(common, in_axes=(bcast,))})
+
+
+def make_layers(n: int, *, scan: bool = False, remat_policy: str = "none",
+                **block_kwargs) -> Layers:
+  """n blocks (`Block` fields as keywords) for a parent's setup(), assigned to `self.<stack>`.
+
+  Unrolled: a list of n `LayerBlock`s, params `<stack>_0 .. <stack>_{n-1}`. scan: one scanned
+  `LayerBlock`, params `<stack>/...` with a leading layer axis of size n (logical name "layers").
+  remat_policy: one of REMAT_POLICIES; what each block keeps for the backward pass ("none": all,
+  "full": nothing, its inputs only; the dots_* policies: the matmul outputs).
+  """
+  cls = _layer_class(n, scan, check_remat_policy(remat_policy))
+  if scan:
+    return cls(**block_kwargs)
   return [cls(**block_kwargs) for _ in range(n)]
 
 
-def layer_contexts(layers: Layers, context) -> list:
-  """Per-layer cross-attention keys/values [(k, v)] of the context [B, Lc, Dc]."""
+def _scanned(layers: Layers) -> bool:
+  return not isinstance(layers, (list, tuple))
+
+
+def layer_contexts(layers: Layers, context):
+  """Cross-attention keys/values of the context [B, Lc, Dc] for every layer: a list [(k, v)]
+  (unrolled) or one (k, v) stacked [n, B, H, Lc, Dh] (scanned)."""
+  if _scanned(layers):
+    return layers.layer_context(None, context)[1]
   return [blk.context_kv(context) for blk in layers]
 
 
 def run_layers(layers: Layers, x, mask, *, train: bool, caches=None, index=None,
                context: Optional[Context] = None):
-  """x [B, S, D] through the stack -> (x, new caches or Nones).
+  """x [B, S, D] through the stack -> (x, new caches).
 
   Args:
     layers: from `make_layers`.
     x: [B, S, D] input.
     mask: attention mask broadcastable to [B, H, S, L]; None = causal over S.
     train: dropout on.
-    caches: per-layer KV caches (decoding), with x at sequence offset `index`.
+    caches: KV caches of the stack's layout (`init_kv_cache(stacked=scanned)`), for decoding
+      with x at sequence offset `index`.
     context: (`layer_contexts` output, mask [B, Lc] bool) for cross-attention blocks.
+
+  Returns:
+    (x [B, S, D], new caches in the layout of `caches`; Nones / None without caches).
   """
   kvs = context_mask = None
   if context is not None:
     kvs, cmask = context
     context_mask = cmask[:, None, None, :]
+  if _scanned(layers):  # Carry x; scan over (params, cache, context kv) per layer.
+    return layers(x, (caches, kvs), mask, train, index, context_mask)
   new_caches = []
   for i, blk in enumerate(layers):
     layer = (None if caches is None else caches[i], None if kvs is None else kvs[i])
     x, cache = blk(x, layer, mask, train, index, context_mask)
     new_caches.append(cache)
   return x, new_caches
+
+
+# ----- weight layout conversion -------------------------------------------------------------
+def _stack(*xs):
+  if all(isinstance(x, np.ndarray) for x in xs):
+    return np.stack(xs)
+  return jnp.stack(xs)
+
+
+def stack_layers(params: Mapping, n: int, prefix: str = "blocks") -> dict:
+  """Unrolled -> scanned layout: `{prefix}_0 .. {prefix}_{n-1}` become one `{prefix}` subtree
+  whose leaves are stacked on a new leading axis. Other entries are kept; params are unboxed.
+
+  Args:
+    params: the dict holding the per-layer subtrees (e.g. variables["params"]).
+    n: number of layers; all of them must be present, and no `{prefix}_{i}` with i >= n.
+    prefix: the stack's attribute name ("blocks", "code_blocks", "position_blocks").
+  """
+  params = dict(nn.meta.unbox(params))
+  names = [f"{prefix}_{i}" for i in range(n)]
+  missing = [k for k in names if k not in params]
+  extra = sorted(k for k in params if k.startswith(prefix + "_") and k not in names
+                 and k[len(prefix) + 1:].isdigit())
+  if n < 1 or missing or extra or prefix in params:
+    raise ValueError(f"cannot stack {n} layers {prefix!r}: missing {missing}, extra {extra}"
+                     + (f", {prefix!r} already present" if prefix in params else ""))
+  layers = [params.pop(k) for k in names]
+  params[prefix] = jax.tree.map(_stack, *layers)
+  return params
+
+
+def unstack_layers(params: Mapping, prefix: str = "blocks") -> dict:
+  """Scanned -> unrolled layout (inverse of `stack_layers`); n is the leading axis size."""
+  params = dict(nn.meta.unbox(params))
+  if prefix not in params:
+    raise ValueError(f"no stacked layers {prefix!r} to unstack (keys {sorted(params)})")
+  stacked = params.pop(prefix)
+  sizes = {x.shape[0] if np.ndim(x) else None for x in jax.tree.leaves(stacked)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"stacked layers {prefix!r} have no common leading axis: sizes {sizes}")
+  n = sizes.pop()
+  for i in range(n):
+    params[f"{prefix}_{i}"] = jax.tree.map(lambda x: x[i], stacked)  # pylint: disable=cell-var-from-loop
+  return params
+
+
+def relayout(variables: Mapping, stacks: Mapping[str, int], *, scanned: bool) -> dict:
+  """Converts variables ({"params": ...} or params) to the unrolled or the scanned layout.
+
+  stacks: {prefix: n_layers} of the model (its `layer_stacks`). A stack already in the wanted
+  layout is left as is, so `relayout(v, model.layer_stacks, scanned=model.scan_layers)` fits any
+  checkpoint of the same architecture to `model`.
+  """
+  if "params" in variables:
+    return {**variables, "params": relayout(variables["params"], stacks, scanned=scanned)}
+  params = dict(variables)
+  for prefix, n in stacks.items():
+    if scanned and prefix not in params:
+      params = stack_layers(params, n, prefix)
+    elif not scanned and prefix in params:
+      params = unstack_layers(params, prefix)
+      if f"{prefix}_{n - 1}" not in params or f"{prefix}_{n}" in params:
+        raise ValueError(f"stacked layers {prefix!r} do not hold {n} layers")
+  return params
