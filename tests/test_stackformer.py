@@ -10,9 +10,9 @@ from maskvq_jax.parity.convert_stackformer import (stackformer_kwargs_from_offic
 from maskvq_jax.parity.golden_stackformer import check_stackformer, load_golden_stackformer
 from maskvq_jax.stage2.losses import stackformer_loss
 from maskvq_jax.models.dense_gpt import DenseGPT
-from maskvq_jax.models.stackformer import (Stackformer, grow_kv_cache, init_kv_cache, make_sequences,
-                                           split_sequences)
+from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
 from maskvq_jax.models.text_encoder import ByteTextEncoder, FlaxCLIPTextEncoder, tokenize_bytes
+from maskvq_jax.models.transformer import grow_kv_cache, init_kv_cache
 
 TINY = dict(vocab_size=17, position_size=13, block_size=12, d_model=32, n_heads=4, code_layers=2,
             position_layers=1)

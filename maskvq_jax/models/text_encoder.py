@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskvq_jax.models.stackformer import ACT_NAMES, Block, _INIT, _layer_norm
+from maskvq_jax.models.transformer import INIT, add_positions, layer_norm, make_layers, run_layers
 
 Dtype = Any
 
@@ -51,12 +51,13 @@ class ByteTextEncoder(nn.Module):
 
   def setup(self):
     self.tok_emb = nn.Embed(BYTE_VOCAB, self.d_model, dtype=self.dtype,
-                            embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")))
-    self.pos_emb = self.param("pos_emb", nn.with_logical_partitioning(_INIT, ("length", "embed")),
+                            embedding_init=nn.with_logical_partitioning(INIT, ("vocab", "embed")))
+    self.pos_emb = self.param("pos_emb", nn.with_logical_partitioning(INIT, ("length", "embed")),
                               (self.max_len, self.d_model), jnp.float32)
-    self.blocks = [Block(self.d_model, self.n_heads, self.dropout, self.dropout, False, self.dtype)
-                   for _ in range(self.n_layers)]
-    self.ln_f = _layer_norm(self.dtype)
+    self.blocks = make_layers(self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+                              attn_dropout=self.dropout, resid_dropout=self.dropout,
+                              dtype=self.dtype)
+    self.ln_f = layer_norm(self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
   def __call__(self, ids, mask, *, train: bool = False):
@@ -65,11 +66,9 @@ class ByteTextEncoder(nn.Module):
     if length > self.max_len:
       raise ValueError(f"text length {length} exceeds max_len={self.max_len}")
     mask = mask.astype(bool)
-    x = self.tok_emb(ids) + self.pos_emb[:length].astype(self.dtype)[None]
-    x = self.drop(nn.with_logical_constraint(x, ACT_NAMES), deterministic=not train)
+    x = self.drop(add_positions(self.tok_emb(ids), self.pos_emb), deterministic=not train)
     key_mask = mask[:, None, None, :]  # [B, 1, 1, L]: every query sees all real tokens.
-    for blk in self.blocks:
-      x, _ = blk(x, key_mask, train=train)
+    x, _ = run_layers(self.blocks, x, key_mask, train=train)
     return self.ln_f(x), mask
 
 
