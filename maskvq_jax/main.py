@@ -19,6 +19,7 @@ import jax
 from ml_collections import config_flags
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)
@@ -33,31 +34,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def init_distributed(multihost: bool, coordinator: Optional[str], num_processes: Optional[int],
                      process_id: Optional[int]):
-  """Starts JAX's multi-controller runtime: explicitly when a coordinator is given, else detected.
+  """Starts JAX's multi-controller runtime (`core.distributed.initialize`).
 
   Raises:
     app.UsageError: an incomplete or inconsistent set of explicit flags.
   """
-  explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
-              "process_id": process_id}
-  given = {k: v for k, v in explicit.items() if v is not None}
-  if not given:
-    if multihost:
-      jax.distributed.initialize()
-    return
-  if len(given) != 3:
-    missing = sorted(set(explicit) - set(given))
-    raise app.UsageError(f"--coordinator_address, --num_processes and --process_id go together; "
-                         f"got {given}, missing {missing}")
-  if ":" not in coordinator:
-    raise app.UsageError(f"--coordinator_address={coordinator!r} must be host:port")
-  if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise app.UsageError(f"--process_id={process_id} must be in [0, --num_processes="
-                         f"{num_processes})")
-  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process all-reduce
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+  try:
+    distributed.initialize(multihost, coordinator, num_processes, process_id)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def main(argv):

@@ -31,6 +31,7 @@ from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
+from maskvq_jax.core import distributed
 from maskvq_jax.core import files
 from maskvq_jax.core.progress import Progress
 
@@ -51,7 +52,7 @@ def parse_args(argv=None):
   p.add_argument("--label_key", default="label", help="'' for none")
   p.add_argument("--caption_key", default="", help="e.g. captions/text (coco_captions)")
   p.add_argument("--batch_size", type=int, default=None, help="per host (default 16 per device)")
-  p.add_argument("--multihost", action="store_true")
+  distributed.add_flags(p)
   return p.parse_args(argv)
 
 
@@ -152,9 +153,8 @@ def _has(ex, key):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.multihost:
-    jax.distributed.initialize()
   try:
+    distributed.initialize_from_args(args)
     out = export(args)
   except (ValueError, FileExistsError, FileNotFoundError) as e:
     print(f"export_tokens: error: {e}", file=sys.stderr)
