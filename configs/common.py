@@ -127,6 +127,9 @@ def loop_defaults(c):
   # Workdir lock (maskvq_jax/core/workdir_lock.py): a second trainer on a workdir in use fails.
   c.takeover_lock = False              # True: take over a STALE lock (dead holder); live ones never
   c.lock_timeout_s = 600.0             # no heartbeat for this long = stale; <= 0: dead pid only
+  # Several processes with JAX's preemption service off: how often they agree on a SIGTERM (one
+  # all-gather on those steps). With the service on (default) the agreement costs nothing per step.
+  c.preemption_check_every_steps = 10
 
 
 def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)):

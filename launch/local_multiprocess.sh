@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs NUM_PROCESSES copies of `python -m maskvq_jax.main` on THIS machine as one multi-controller
-# JAX job (coordinator on loopback, CPU collectives through gloo). It is the cheapest way to
+# Runs NUM_PROCESSES copies of `python -m maskvq_jax.main` (or of another entry point, MODULE) on
+# THIS machine as one multi-controller JAX job (coordinator on loopback, CPU collectives through gloo). It is the cheapest way to
 # exercise the multi-host code paths (per-host data shares, agreed preemption, multi-process Orbax
 # saves) without a pod, and what tests/test_multiprocess.py drives.
 #
@@ -12,13 +12,19 @@
 #   $PYTHON -m maskvq_jax.main "$@" --workdir $WORKDIR \
 #       --coordinator_address=127.0.0.1:$PORT --num_processes=$NUM_PROCESSES --process_id=i
 # with its output in $LOG_DIR/process_i.log. Arguments after the script name go to
-# maskvq_jax.main unchanged (--config, --config.* overrides). If one process fails, the others
+# maskvq_jax.main unchanged (--config, --config.* overrides). With MODULE=maskvq_jax.sample,
+# maskvq_jax.evaluate or maskvq_jax.tools.export_tokens the arguments go to that CLI unchanged
+# (they name their own --workdir / --out) and only the three distributed flags are added:
+#   MODULE=maskvq_jax.sample WORKDIR=/tmp/mp_sample bash launch/local_multiprocess.sh \
+#     --workdir runs/quickstart/stage2 --num 64 --out /tmp/mp_sample/out If one process fails, the others
 # are stopped (they would otherwise wait for it in a collective until the coordinator times out);
 # the script exits with the first non-zero status, or 0 when every process succeeded.
 # SIGTERM/SIGINT to the script are forwarded to every process (each saves and exits cleanly).
 #
 # Variables (environment):
-#   WORKDIR              required. Shared workdir of the run (checkpoints, logs).
+#   WORKDIR              required. Shared workdir of the run (checkpoints, logs); for another
+#                        MODULE only the default place of the logs.
+#   MODULE               entry point run with -m (default maskvq_jax.main).
 #   NUM_PROCESSES        number of processes (default 2).
 #   DEVICES_PER_PROCESS  simulated CPU devices per process (default 4); ignored unless PLATFORM=cpu.
 #   PLATFORM             JAX_PLATFORMS of the processes (default cpu).
@@ -38,6 +44,7 @@ DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-4}"
 PLATFORM="${PLATFORM:-cpu}"
 LOG_DIR="${LOG_DIR:-$WORKDIR/logs/multiprocess}"
 DRY_RUN="${DRY_RUN:-0}"
+MODULE="${MODULE:-maskvq_jax.main}"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -47,8 +54,16 @@ fi
 [[ "$DEVICES_PER_PROCESS" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS=$DEVICES_PER_PROCESS must be a positive integer"
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN=$DRY_RUN must be 0 or 1"
 command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not executable"
-(( $# > 0 )) || die "no arguments for maskvq_jax.main: pass at least --config configs/<x>.py"
-reject_set_flags "(WORKDIR, NUM_PROCESSES and PORT set them) do not pass" "$@"
+[[ "$MODULE" =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "MODULE=$MODULE is not a Python module name"
+(( $# > 0 )) || die "no arguments for $MODULE: pass at least --config configs/<x>.py"
+for a in "$@"; do
+  case "$a" in
+    --coordinator_address*|--num_processes*|--process_id*|--multihost*)
+      die "do not pass $a: the script sets it (use NUM_PROCESSES / PORT)";;
+    --workdir*)
+      [[ "$MODULE" != maskvq_jax.main ]] || die "do not pass $a: the script sets it (use WORKDIR)";;
+  esac
+done
 if [[ -z "${PORT:-}" ]]; then
   PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 fi
@@ -56,8 +71,10 @@ fi
 
 cmd_for() {  # $1: process id, then the arguments for maskvq_jax.main -> CMD array
   local id="$1"; shift
+  local workdir=()
+  [[ "$MODULE" != maskvq_jax.main ]] || workdir=(--workdir "$WORKDIR")
   CMD=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS"
-       "JAX_PLATFORMS=$PLATFORM" "$PYTHON" -m maskvq_jax.main "$@" --workdir "$WORKDIR"
+       "JAX_PLATFORMS=$PLATFORM" "$PYTHON" -m "$MODULE" "$@" "${workdir[@]}"
        "--coordinator_address=127.0.0.1:$PORT" "--num_processes=$NUM_PROCESSES" "--process_id=$id")
 }
 

@@ -43,6 +43,7 @@ from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import codebook
 from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
+from maskvq_jax.core import distributed
 from maskvq_jax.core import files
 from maskvq_jax.evaluation import fid
 from maskvq_jax.evaluation import generate
@@ -120,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   "report.json)")
   out.add_argument("--figures_dir", default=None, help="mask figures (default: next to report)")
   out.add_argument("--num_figures", type=int, default=8)
-  out.add_argument("--multihost", action="store_true", help="jax.distributed.initialize() first")
+  distributed.add_flags(p)
   return p.parse_args(argv)
 
 
@@ -271,8 +272,7 @@ def sample_pass(args, metrics, images_source, n, spec, report, real_pool3=None):
 # ----- driver ------------------------------------------------------------------------------------
 def reference_only(args) -> str:
   """Computes/caches the reference statistics of the --dataset split; returns the .npz path."""
-  if args.multihost:
-    jax.distributed.initialize()
+  distributed.initialize_from_args(args)
   spec = _dataset_spec(args, None, None)
   if spec is None:
     raise cli.UserError("--reference_only needs --dataset (and --split, --res)")
@@ -302,8 +302,8 @@ def run(args) -> dict:
   if args.ref_stats and "pr" in metrics and not args.dataset:
     raise cli.UserError("pr needs real features, which published mu/sigma files do not hold: "
                      "also pass --dataset")
-  if args.multihost:
-    jax.distributed.initialize()
+  with cli.user_input(ValueError):
+    distributed.initialize_from_args(args)
   samples = None
   if args.samples and any(m in SAMPLE_METRICS for m in metrics):  # refuse bad samples up front
     with cli.user_input():
@@ -315,7 +315,8 @@ def run(args) -> dict:
             "path": files.absolute(args.workdir or args.samples),
             "step": None if loc is None else loc.step, "samples": args.samples}
   rep = report_lib.new_report(target)
-  rep["settings"] = {k: v for k, v in vars(args).items() if k not in ("multihost",)}
+  rep["settings"] = {k: v for k, v in vars(args).items()
+                     if k not in ("multihost", "coordinator_address", "num_processes", "process_id")}
   rep["settings"]["devices"], rep["settings"]["processes"] = jax.device_count(), jax.process_count()
   out_path = files.absolute(
       args.output or files.join(files.absolute(args.workdir), "evaluation", "report.json"))

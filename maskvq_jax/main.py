@@ -36,32 +36,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def init_distributed(multihost: bool, coordinator: Optional[str], num_processes: Optional[int],
                      process_id: Optional[int]):
-  """Starts JAX's multi-controller runtime: explicitly when a coordinator is given, else detected.
+  """Starts JAX's multi-controller runtime (`core.distributed.initialize`).
 
   Raises:
     cli.UserError: an incomplete or inconsistent set of explicit flags.
   """
-  import jax  # pylint: disable=g-import-not-at-top  # after the flags are checked (core/cli.py)
-  explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
-              "process_id": process_id}
-  given = {k: v for k, v in explicit.items() if v is not None}
-  if not given:
-    if multihost:
-      jax.distributed.initialize()
-    return
-  if len(given) != 3:
-    missing = sorted(set(explicit) - set(given))
-    raise cli.UserError(f"--coordinator_address, --num_processes and --process_id go together; "
-                         f"got {given}, missing {missing}")
-  if ":" not in coordinator:
-    raise cli.UserError(f"--coordinator_address={coordinator!r} must be host:port")
-  if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise cli.UserError(f"--process_id={process_id} must be in [0, --num_processes="
-                         f"{num_processes})")
-  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process all-reduce
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+  from maskvq_jax.core import distributed  # pylint: disable=g-import-not-at-top  # imports jax
+  with cli.user_input(ValueError):
+    distributed.initialize(multihost, coordinator, num_processes, process_id)
 
 
 def main(argv):

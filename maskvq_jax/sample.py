@@ -34,6 +34,7 @@ from maskvq_jax.core import cli
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
+from maskvq_jax.core import distributed
 from maskvq_jax.core import files
 from maskvq_jax.evaluation import recon
 from maskvq_jax.core.progress import Progress
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="global batch (default: 8 per device); a multiple of the device count")
   p.add_argument("--shard_size", type=int, default=10_000, help="images per .npz shard per host")
   p.add_argument("--grids", type=int, default=4, help="PNG grids to write (first batches)")
-  p.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize()")
+  distributed.add_flags(p)
   return p.parse_args(argv)
 
 
@@ -86,7 +87,7 @@ def _text_encoder(loc, config: dict):
     out = m.restore(loc.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
-  return enc, out.state["text_params"]
+  return enc, checkpoints.host_arrays(out.state["text_params"])
 
 
 def load(workdir: str, step: Optional[int] = None) -> dict:
@@ -296,8 +297,8 @@ def run(args) -> dict:
 @cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.multihost:
-    jax.distributed.initialize()
+  with cli.user_input(ValueError):
+    distributed.initialize_from_args(args)
   info = run(args)
   if jax.process_index() == 0:
     print(f"wrote {args.num} samples to {args.out} ({info['tokens_per_s']:.0f} tokens/s)")

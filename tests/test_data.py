@@ -134,3 +134,53 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
   train, val = b.as_data_source(split="train"), b.as_data_source(split="validation")
   assert (len(train), len(val)) == (3, 2)
   assert train[0]["image"].shape == (16, 16, 3)
+
+
+class _Recorder:
+  def __init__(self):
+    self.states = []
+
+  def set_state(self, state):
+    self.states.append(state)
+
+
+def test_restore_position_own_legacy_and_other_process_count(monkeypatch, caplog):
+  from maskvq_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
+  saved = {"process_count": 2, "processes": [{"next_index": 8}, {"next_index": 12}]}
+  with monkeypatch.context() as m:  # process 1 of 2: its own position
+    m.setattr(jax, "process_count", lambda: 2)
+    m.setattr(jax, "process_index", lambda: 1)
+    r = _Recorder()
+    input_pipeline.restore_position(r, saved)
+    assert r.states == [{"next_index": 12}]
+  r = _Recorder()  # a checkpoint from before per-process positions: used by every process
+  input_pipeline.restore_position(r, {"next_index": 7})
+  assert r.states == [{"next_index": 7}]
+  for count, want in ((1, 20), (4, 5)):  # another count: the global position, shared out
+    with monkeypatch.context() as m:
+      m.setattr(jax, "process_count", lambda c=count: c)
+      m.setattr(jax, "process_index", lambda: 0)
+      r = _Recorder()
+      caplog.clear()
+      input_pipeline.restore_position(r, saved)
+      assert r.states == [{"next_index": want}]
+      assert f"written by 2 processes, this run has {count}" in caplog.text
+  r = _Recorder()
+  input_pipeline.restore_position(r, {"process_count": 2, "processes": [{"pos": 1}, {"pos": 2}]})
+  assert r.states == [] and "cannot be mapped" in caplog.text
+  assert checkpointing.gather_process_states({"next_index": 3}) == {
+      "process_count": 1, "processes": [{"next_index": 3}]}
+
+
+def test_position_from_two_processes_continues_where_one_process_would_be():
+  """Two hosts that each read 2 local batches of 4 (next_index 8 each) -> one process continues at
+  example 16 of its order: the batch a 1-process run reads after 2 global batches of 8."""
+  c = tiny()
+  sh = sharding_lib.batch_sharding(sharding_lib.make_mesh(c.mesh),
+                                   sharding_lib.get_rules(c.sharding_rules))
+  fresh = input_pipeline.train_iter(c, sh)
+  _batches(fresh, 2)
+  resumed = input_pipeline.train_iter(c, sh)
+  input_pipeline.restore_position(
+      resumed, {"process_count": 2, "processes": [{"next_index": 8}, {"next_index": 8}]})
+  np.testing.assert_array_equal(_batches(resumed, 1)[0], _batches(fresh, 1)[0])

@@ -389,7 +389,20 @@ def test_local_multiprocess_dry_run(tmp_path):
   assert not os.path.exists(tmp_path / "logs")
 
 
+def test_local_multiprocess_dry_run_other_module(tmp_path):
+  rc, out, err = _run("local_multiprocess.sh", dict(WORKDIR=str(tmp_path), PORT="12345", DRY_RUN="1",
+                                                    MODULE="maskvq_jax.sample"),
+                      "--workdir", "runs/s2", "--num", "4", "--out", "o")
+  assert rc == 0, err
+  lines = out.strip().splitlines()
+  assert len(lines) == 2
+  for i, line in enumerate(lines):
+    assert "-m maskvq_jax.sample --workdir runs/s2 --num 4 --out o --coordinator_address=" in line
+    assert f"--process_id={i}" in line and line.count("--workdir") == 1, line
+
+
 @pytest.mark.parametrize("env,args,match", [
+    (dict(WORKDIR="/tmp/w", MODULE="not a module"), ("--num", "1"), "MODULE=not a module"),
     (dict(), ("--config", "c.py"), "WORKDIR is not set"),
     (dict(WORKDIR="/tmp/w", NUM_PROCESSES="two"), ("--config", "c.py"), "NUM_PROCESSES=two"),
     (dict(WORKDIR="/tmp/w", PORT="70000"), ("--config", "c.py"), "PORT=70000 is not a TCP port"),

@@ -1,9 +1,10 @@
 """Orbax checkpointing for all trainers: one manager, one restore policy.
 
 Each step directory holds three items: `state` (the sharded train state, StandardSave), `meta`
-(config + run metadata, JSON) and `data` (the input iterator's position, JSON; written by the
-primary process and read by all: every host's grain pipeline holds the same number of local
-batches, so the positions agree). Saves are async
+(config + run metadata, JSON) and `data` (the input iterators' positions, JSON). Every process
+reads its own share of the data, so each has its own position: `gather_process_states` collects
+them all into the `data` item (written by the primary process), and each process picks its own on
+restore (`data.pipeline.restore_position`). Saves are async
 (the device->host copy happens before `save` returns, so the trainer may donate the state right
 after). Restores reshard onto whatever mesh the abstract target carries.
 
@@ -24,6 +25,7 @@ by Orbax in the first place. A save that cannot be written (disk full, read-only
 directory) raises `CheckpointWriteError` naming the directory and the last committed step; Orbax
 commits a step by renaming its tmp directory, so earlier steps are never touched.
 """
+import json
 import time
 from typing import Any, Callable, Optional
 
@@ -293,6 +295,25 @@ def _copy_tree(src: epath.Path, dst: epath.Path):
       _copy_tree(child, dst / child.name)
     else:
       child.copy(dst / child.name, overwrite=True)
+
+
+def gather_process_states(state: Any) -> dict:
+  """{"process_count": n, "processes": [JSON state of process 0, ..., of process n - 1]}.
+
+  Every process gets the same dict. On several processes this is two all-gathers (lengths, then
+  the UTF-8 bytes padded to the longest), so every process must call it at the same point, as a
+  checkpoint save is anyway.
+  """
+  n = jax.process_count()
+  if n == 1:
+    return {"process_count": 1, "processes": [state]}
+  blob = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.asarray(len(blob), np.int32)))
+  padded = np.zeros((int(lengths.max()),), np.uint8)
+  padded[:len(blob)] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded))
+  return {"process_count": n,
+          "processes": [json.loads(bytes(blobs[i, :lengths[i]]).decode("utf-8")) for i in range(n)]}
 
 
 def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = "",

@@ -1,7 +1,7 @@
 """The training loop's shared pieces, used by both trainers.
 
 Step counts and learning-rate schedules from a config, tree norms, the step cadence (`itstime`),
-the preemption flag, the NaN/Inf guard on fetched metrics, and the restore-or-init start of a run.
+preemption agreed over processes, the NaN/Inf guard on fetched metrics, and the restore-or-init start of a run.
 """
 import json
 import math
@@ -75,14 +75,41 @@ def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
 
 
 class Preemption:
-  """SIGTERM -> a flag checked after every step (the step finishes, is saved, the run returns)."""
+  """SIGTERM -> every process finishes the same step, saves it and returns.
 
-  def __init__(self):
-    self.flag, self._old = False, None
+  `stop(step)` is called after every step; it never waits for the device:
+  - one process: a SIGTERM handler sets `flag`, which `stop` reads;
+  - several processes, JAX's preemption service on (the default): jax.distributed's own SIGTERM
+    notifier tells the coordination service, which agrees in the background on one step (the
+    furthest step any process has reached, plus one); `stop` only compares `step` with it
+    (`multihost_utils.reached_preemption_sync_point`, the call Orbax's `should_save` makes too);
+  - several processes, the service off (`--jax_enable_preemption_service=false`): a SIGTERM
+    handler sets the local flag and the processes OR their flags with one all-gather on the steps
+    that are multiples of `check_every` (the same steps everywhere), so a signalled process runs
+    at most `check_every - 1` more steps.
+  The signal handler is installed on entering and removed on exit. With the preemption service, a
+  notice that arrives before the loop (while restoring or compiling) stops the run after its first
+  step, provided the start step was announced (`announce_step`) before it came: the trainers do it
+  before restoring. A notice in the seconds between `jax.distributed.initialize` and that call,
+  on a resumed run, agrees on a step before the restored one and is missed (the run continues).
+  """
+
+  def __init__(self, first_step: int = 0, check_every: int = 10):
+    if check_every < 1:
+      raise ValueError(f"preemption_check_every_steps={check_every} must be >= 1")
+    self.flag, self._old, self._installed = False, None, False
+    self.first_step, self.check_every = int(first_step), int(check_every)
+    self.mode = "local"
+    if jax.process_count() > 1:
+      self.mode = "sync_point" if _preemption_service() else "allgather"
 
   def __enter__(self):
+    if self.mode == "sync_point":
+      announce_step(self.first_step)  # a notice from now on agrees on first_step + 1 or later
+      return self  # jax.distributed's notifier owns SIGTERM; a Python handler would replace it
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
     except ValueError:  # not in the main thread
       self._old = None
     return self
@@ -92,17 +119,41 @@ class Preemption:
     logging.warning("received signal %d: saving a checkpoint after the current step", signum)
     self.flag = True
 
-  def agreed(self) -> bool:
-    """The flag, OR-ed over processes so that every host saves and stops at the same step."""
-    if jax.process_count() == 1:
+  def stop(self, step: int) -> bool:
+    """Whether every process stops (and saves) after `step`; all processes get the same answer."""
+    if self.mode == "local":
       return self.flag
+    if self.mode == "sync_point":
+      reached = multihost_utils.reached_preemption_sync_point(step)
+      if reached:
+        logging.warning("preemption notice: every process saves step %d and stops", step)
+      return reached
+    if step % self.check_every:
+      return False
     flags = multihost_utils.process_allgather(np.asarray(self.flag, np.int32))
     return bool(np.any(flags))
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
     return False
+
+
+def announce_step(step: int):
+  """Tells JAX's preemption sync manager (if it runs) that this process is at `step`.
+
+  The agreed step is the largest announced step + 1; a process that has announced nothing counts
+  as step 0, which a resumed run never reaches again.
+  """
+  if jax.process_count() > 1 and _preemption_service():
+    multihost_utils.reached_preemption_sync_point(int(step))
+
+
+def _preemption_service() -> bool:
+  """Whether jax.distributed runs a preemption sync manager (it does unless the config is off)."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  # no public accessor
+  return (distributed.global_state.client is not None
+          and distributed.global_state.preemption_sync_manager is not None)
 
 
 def check_finite(pending: list) -> list:
@@ -124,11 +175,15 @@ def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, st
   `check` (core/resume_guard.checker) compares each checkpoint's stored config with this run's
   before anything is restored; a difference is an IncompatibleCheckpointError, nothing moved.
   """
+  latest = ckpt.latest_step()
+  if latest is not None:  # a preemption notice during the restore then stops after step latest + 1
+    announce_step(latest)
   restored = checkpointing.restore_for_training(ckpt, abstract, resume, check)
   if restored is not None:
     step0, state, _, data_state = restored
     if data_state:
-      data.set_state(data_state)
+      from maskvq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+      pipeline.restore_position(data, data_state)
     logging.info("restored step %d", step0)
     return state
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

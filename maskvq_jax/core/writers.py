@@ -3,9 +3,11 @@
 TensorBoard scalars and images, ReportProgress (steps/s, ETA), the parameter overview, and image
 grids written both to TensorBoard and as PNG files under `<workdir>/images/`. Non-zero processes
 only log. `train_scalars` also prints the console step line (core/progress.StepLine) on process 0.
-The workdir may be a URL (gs://...): TensorFlow and `core/files` write there directly.
+The workdir may be a URL (gs://...): TensorFlow and `core/files` write there directly. Every
+process must call `parameter_overview` (its statistics are one sharded reduction).
 """
 import contextlib
+import dataclasses
 import time
 from typing import Sequence
 
@@ -14,6 +16,7 @@ from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from maskvq_jax.core import files
@@ -71,9 +74,17 @@ class Writer:
       for k, v in images.items():
         files.save_png(files.join(self.workdir, "images", f"{k.replace('/', '_')}_{step:08d}.png"), v)
 
-  def parameter_overview(self, params, name: str):
+  def parameter_overview(self, params, name: str) -> str:
+    """Logs (process 0) a table of every parameter: name, shape, dtype, size, mean, std, sharding.
+
+    Shapes come from the arrays' metadata; means and standard deviations from one jitted
+    reduction over the (possibly sharded, multi-host) parameters whose results are replicated, so
+    nothing non-addressable is fetched. Every process must call it. Returns the table.
+    """
+    table = overview_table(params)
     if self.is_main:
-      logging.info("%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params))
+      logging.info("%s parameters:\n%s", name, table)
+    return table
 
   def flush(self):
     self.w.flush()
@@ -81,6 +92,47 @@ class Writer:
   def close(self):
     self.w.flush()
     self.w.close()
+
+
+@dataclasses.dataclass
+class _Row:
+  name: str
+  shape: tuple
+  dtype: str
+  size: int
+  mean: float
+  std: float
+  sharding: str
+
+
+def _replicated_like(x):
+  s = getattr(x, "sharding", None)
+  if isinstance(s, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+  return None
+
+
+def overview_table(params) -> str:
+  """The parameter overview of `params` (a nested dict of arrays) as a text table."""
+  flat = parameter_overview.flatten_dict(dict(params))
+  names = sorted(flat)
+  leaves = [flat[k] for k in names]
+  stats_fn = lambda xs: [(jnp.mean(x.astype(jnp.float32)), jnp.std(x.astype(jnp.float32)))
+                         for x in xs]
+  repl = _replicated_like(leaves[0]) if leaves else None
+  stats = jax.jit(stats_fn, out_shardings=repl)(leaves) if repl is not None else (
+      jax.jit(stats_fn)(leaves))
+  stats = jax.device_get(stats)  # replicated: every process holds the whole (tiny) result
+  rows = []
+  for k, x, (mean, std) in zip(names, leaves, stats):
+    sh = getattr(x, "sharding", None)
+    spec = str(tuple(sh.spec)) if isinstance(sh, jax.sharding.NamedSharding) else ""
+    rows.append(_Row(name=k, shape=tuple(x.shape), dtype=str(x.dtype), size=int(np.prod(x.shape)),
+                     mean=float(mean), std=float(std), sharding=spec))
+  total = sum(r.size for r in rows)
+  nbytes = sum(r.size * np.dtype(x.dtype).itemsize for r, x in zip(rows, leaves))
+  return (parameter_overview.make_table(rows, column_names=[f.name for f in dataclasses.fields(_Row)])
+          + f"\nTotal: {total:,} -- {nbytes:,} bytes")
 
 
 class _Null:

@@ -176,6 +176,41 @@ class GlobalIterator:
     self._it.set_state(state)
 
 
+def restore_position(it, saved: dict):
+  """Puts `it` (a GlobalIterator) where this process stood in a checkpoint's `data` item.
+
+  `saved` is what `checkpointing.gather_process_states` wrote: every process's grain position.
+  - Same process count: this process's own position, so the resumed run reads exactly the batches
+    it would have read.
+  - An older checkpoint with one position for all ({"next_index": ...}): that position, as before.
+  - Another process count: each process now reads another share of the data, so no saved position
+    is its own. The run keeps its place in the epoch: every process skips
+    sum(saved next_index) / process_count examples of its new share, which is where a run with this
+    many processes from the start would stand. The batches then differ from the uninterrupted run
+    (a warning says so). A position without "next_index" cannot be mapped: the data start over.
+  """
+  if "processes" not in saved:  # one position for every process (checkpoints before per-process)
+    it.set_state(saved)
+    return
+  states, n = saved["processes"], jax.process_count()
+  if len(states) == n:
+    it.set_state(states[jax.process_index()])
+    return
+  if all(isinstance(s, dict) and isinstance(s.get("next_index"), int) for s in states):
+    total = sum(s["next_index"] for s in states)
+    it.set_state(dict(states[0], next_index=total // n))
+    logging.warning(
+        "data position: the checkpoint was written by %d processes, this run has %d; each "
+        "process's share of the data differs, so every process continues at example %d of its "
+        "new share (%d examples read in all, divided by %d processes). The run keeps its place in "
+        "the epoch, but its batches are not those an uninterrupted run would have read.",
+        len(states), n, total // n, total, n)
+    return
+  logging.warning("data position: the checkpoint was written by %d processes, this run has %d, "
+                  "and its positions (%s) cannot be mapped onto the new shares; the input starts "
+                  "from the beginning of its order", len(states), n, states[0])
+
+
 def _local_batch(global_bs: int) -> int:
   if global_bs % jax.process_count():
     raise ValueError(f"batch {global_bs} is not divisible by {jax.process_count()} processes")

@@ -4,7 +4,9 @@ Why one loader: ablations mix converted official tokenizers (`tokenizer_io` dire
 stage-1 workdirs (`<workdir>/checkpoints/<step>/{state, meta, data}`, `checkpointing.py`) and
 stage-2 workdirs. Evaluation needs only the frozen weights, so trainer checkpoints are read with a
 PARTIAL restore (generator params, scorer batch stats, EMA codebook; the EMA params when the run
-kept them), never the optimizer state or the discriminator.
+kept them), never the optimizer state or the discriminator. Weights come back as host numpy
+arrays: each process then puts them on its mesh (`jax.device_put(numpy, sharding)` works on any
+number of hosts; a jax.Array on one local device cannot be moved to devices of other hosts).
 
 Layouts recognised by `describe(path)`:
   * "tokenizer": a tokenizer_io directory (steps holding `variables` + `meta`), or
@@ -19,6 +21,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from maskvq_jax.models import mqvae as mqvae_lib
@@ -96,7 +99,12 @@ def _partial_restore(directory: str, step: int, item: dict) -> dict:
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
-  return dict(out.state)
+  return host_arrays(dict(out.state))
+
+
+def host_arrays(tree):
+  """The tree with every array as host numpy (what a caller may device_put onto any mesh)."""
+  return jax.tree.map(np.asarray, tree)
 
 
 def tokenizer_info(model, **extra) -> dict:
@@ -118,7 +126,7 @@ def load_tokenizer(path: str, step: Optional[int] = None):
     return load_tokenizer(stage2_tokenizer_path(loc), None)
   if loc.kind == "tokenizer":
     model, variables, meta = tokenizer_io.load_tokenizer(loc.path, loc.step)
-    return model, dict(variables), tokenizer_info(model, kind="tokenizer", step=loc.step,
+    return model, host_arrays(dict(variables)), tokenizer_info(model, kind="tokenizer", step=loc.step,
                                                   path=loc.path, source=meta.get("source"))
   config = loc.meta["config"]
   model = MQVAE(**_model_kwargs(config["model"]))

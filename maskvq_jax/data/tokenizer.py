@@ -65,4 +65,4 @@ def load_tokenizer(directory: str, step: Optional[int] = None):
   with ocp.CheckpointManager(_path(directory), options=options) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract))))
-  return model, restored.variables, meta
+  return model, jax.tree.map(np.asarray, dict(restored.variables)), meta

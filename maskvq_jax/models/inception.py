@@ -271,6 +271,8 @@ def param_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def variables_from_flat(flat: dict[str, np.ndarray]) -> dict:
-  """{'conv/kernel': array, ...} -> Flax variables {'params': nested tree}."""
+  """{'conv/kernel': array, ...} -> Flax variables {'params': nested tree} of host numpy arrays
+  (each process device_puts them onto its mesh; a jax.Array on one local device could not move
+  to other hosts' devices)."""
   return {"params": traverse_util.unflatten_dict(
-      {k: jnp.asarray(v) for k, v in flat.items()}, sep="/")}
+      {k: np.asarray(v) for k, v in flat.items()}, sep="/")}

@@ -258,7 +258,11 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
 
 
 def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
-  """Sums of reconstruction metrics, the code histogram, and (first batch) images to show."""
+  """Sums of reconstruction metrics, the code histogram, and the first `eval.num_images` images.
+
+  Everything it returns is small; the trainer replicates it (jit out_shardings), so every process
+  can fetch it whatever the number of hosts.
+  """
   x = batch["image"].astype(jnp.float32) / 127.5 - 1.0
   params = state.ema_params if state.ema_params is not None else state.params["g"]
   rec, aux = parts.model.apply({"params": params, "batch_stats": state.batch_stats["g"],
@@ -269,11 +273,15 @@ def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   if "mask" in batch and not parts.cfg.model.dense:
     sums.update(metrics_lib.object_coverage_sums(aux["mask"], batch["mask"]))
   hist = metrics_lib.code_histogram(aux["codes"], parts.cfg.model.codebook_size)
-  return sums, hist, {"x": x, "rec": rec, "scores": aux["scores"], "mask": aux["mask"]}
+  k = max(1, min(int(parts.cfg.eval.num_images), x.shape[0]))
+  shown = {"x": x, "rec": rec, "scores": aux["scores"], "mask": aux["mask"]}
+  return sums, hist, {n: v[:k] for n, v in shown.items()}
 
 
 # ===================================================================== run helpers
 def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
+  """Eval metrics and the images to show; `eval_fn`'s outputs are replicated, so every process
+  fetches them (a batch-sharded output spans other hosts' devices)."""
   it, n = input_pipeline.eval_iter(config, batch_sharding)
   sums, hist, shown = None, None, None
   for i in range(n):
@@ -333,11 +341,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                     donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
-                    in_shardings=(state_sh, batch_sh, repl))
+                    in_shardings=(state_sh, batch_sh, repl), out_shardings=repl)
 
   writer = writers.Writer(workdir, total_steps=total, log_every=config.log_every_steps,
                           profile=config.get("profile", False))
-  if first == 0 and config.get("param_overview", True):
+  if first == 0 and config.get("param_overview", True):  # every process: a sharded reduction
     writer.parameter_overview(state.params["g"], "generator")
     writer.parameter_overview(state.params["d"], "discriminator")
   writer.hparams({"num_params/g": loop.num_params(state.params["g"]),
@@ -349,13 +357,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
   t0 = time.time()
   try:
-    with loop.Preemption() as pre:
+    with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
       for step in range(first + 1, stop_at + 1):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           state, m = step_fn(state, next(data), lp_params)
         pending.append((step, m))
         writer.tick(step)
-        preempted = pre.agreed() or ckpt.reached_preemption(step)
+        preempted = pre.stop(step)
         final = step == stop_at
         save_now = ckpt.should_save(step) or preempted or final
         if save_now or loop.itstime(step, config.log_every_steps, total):
@@ -365,7 +373,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.train_scalars(step, last_metrics, console=("loss/total_g", "loss/l1", "loss/lpips",
                                                             "loss/commit", "loss/d"))
         if save_now:
-          ckpt.save(step, state, meta=loop.run_meta(config, step, mesh), data_state=data.get_state(),
+          ckpt.save(step, state, meta=loop.run_meta(config, step, mesh),
+                    data_state=checkpointing.gather_process_states(data.get_state()),
                     force=preempted or final)
         if loop.itstime(step, config.eval.every_steps, total, last=final and not preempted):
           with writer.timed("eval"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -429,7 +429,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_sh = sharding_lib.batch_sharding(mesh, rules)
   repl = sharding_lib.replicated(mesh)
   logging.info("state shardings: %s", sharding_lib.spec_summary(state_sh))
-  tok_vars = jax.device_put(tok_vars_host, repl)
+  tok_vars = jax.device_put(tok_vars_host, repl)  # host numpy: each process puts its copy
 
   workdir = files.makedirs(workdir)  # absolute if local; a URL (gs://...) stays a URL
   ckpt = checkpointing.Checkpointer(
@@ -457,7 +457,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           profile=config.get("profile", False))
   n_params = loop.num_params(state.params)
   logging.info("Stackformer: %.2fM parameters", n_params / 1e6)
-  if first == 0 and config.get("param_overview", True):
+  if first == 0 and config.get("param_overview", True):  # every process: a sharded reduction
     writer.parameter_overview(state.params, "stackformer")
   writer.hparams({"num_params/stackformer": n_params, "tokens_per_image": parts.num_tokens})
 
@@ -487,13 +487,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
   t0 = time.time()
   try:
-    with loop.Preemption() as pre:
+    with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
       for step in range(first + 1, stop_at + 1):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           state, m = step_fn(state, next(data), tok_vars)
         pending.append((step, m))
         writer.tick(step)
-        preempted = pre.flag or ckpt.reached_preemption(step)
+        preempted = pre.stop(step)
         final = step == stop_at
         save_now = ckpt.should_save(step) or preempted or final
         if save_now or loop.itstime(step, config.log_every_steps, total):
@@ -503,7 +503,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                             "loss/position_loss"))
         if save_now:
           ckpt.save(step, state, meta=_run_meta(config, step, mesh, tok_info),
-                    data_state=data.get_state(), force=preempted or final)
+                    data_state=checkpointing.gather_process_states(data.get_state()),
+                    force=preempted or final)
         if config.eval.every_steps > 0 and loop.itstime(step, config.eval.every_steps, total,
                                                          last=final and not preempted):
           with writer.timed("eval"):

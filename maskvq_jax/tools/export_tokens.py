@@ -30,6 +30,7 @@ from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
+from maskvq_jax.core import distributed
 from maskvq_jax.core import files
 from maskvq_jax.core.progress import Progress
 
@@ -50,7 +51,7 @@ def parse_args(argv=None):
   p.add_argument("--label_key", default="label", help="'' for none")
   p.add_argument("--caption_key", default="", help="e.g. captions/text (coco_captions)")
   p.add_argument("--batch_size", type=int, default=None, help="per host (default 16 per device)")
-  p.add_argument("--multihost", action="store_true")
+  distributed.add_flags(p)
   return p.parse_args(argv)
 
 
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   if args.batch_size is not None and args.batch_size < 1:
     raise cli.UserError(f"--batch_size={args.batch_size}: expected an int >= 1")
-  if args.multihost:
-    jax.distributed.initialize()
+  with cli.user_input(ValueError):
+    distributed.initialize_from_args(args)
   out = export(args)
   print(f"wrote {out['written']} examples ({jax.process_count()} host(s)) to {out['out']}")
   return 0
