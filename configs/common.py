@@ -88,7 +88,9 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
       attn_resolutions=(grid,), z_channels=256, dropout=0.0, scorer=scorer, keep_ratio=keep,
       codebook_size=1024, codebook_dim=256, beta=0.25, ema_decay=0.99, restart_unused_codes=True,
       demasker_layers=8, mask_init_value=0.02, dense=dense))
-  c.compute_dtype = "float32"          # "bfloat16": bf16 activations, float32 params and optimizer
+  # "auto": bfloat16 activations on TPU/GPU, float32 on CPU (core/loop.py resolve_compute_dtype);
+  # "float32" / "bfloat16" force one. Parameters and optimizer state are float32 either way.
+  c.compute_dtype = "auto"
   c.disc = mlc.ConfigDict(dict(ndf=64, n_layers=3, in_channels=3))
   c.loss = mlc.ConfigDict(dict(
       pixel_weight=1.0, perceptual_weight=1.0, codebook_weight=1.0, disc_weight=0.75,

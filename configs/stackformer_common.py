@@ -54,7 +54,9 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
       schedule="warmup_cosine", warmup_steps=0, warmup_epochs=0.0, min_lr_ratio=0.0,
       grad_clip=0.0))                  # 0: no clipping (authors)
   c.param_ema = 0.0
-  c.compute_dtype = "float32"          # bfloat16: bf16 activations, float32 params / optimizer
+  # "auto": bfloat16 activations on TPU/GPU, float32 on CPU (core/loop.py resolve_compute_dtype);
+  # "float32" / "bfloat16" force one. Parameters and optimizer state are float32 either way.
+  c.compute_dtype = "auto"
   # Periodic sample grids (TensorBoard + <workdir>/images/*.png). Authors' log_images defaults.
   c.sample = mlc.ConfigDict(dict(
       every_steps=5000, num=16, seed=0, temperature=1.0, top_k=100, top_p=0.95,

@@ -7,6 +7,7 @@ import json
 import math
 import signal
 import time
+from typing import Optional
 
 from absl import logging
 import flax.linen as nn
@@ -19,6 +20,30 @@ import optax
 from maskvq_jax.core import checkpointing
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Platforms where "auto" means bfloat16 activations (matrix units run bf16 at full rate). On CPU
+# bf16 is emulated and slower than float32, so "auto" stays float32 there.
+BF16_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
+
+
+def resolve_compute_dtype(name: str, platform: Optional[str] = None) -> str:
+  """`config.compute_dtype` -> "float32" | "bfloat16"; "auto" decides by the default backend.
+
+  Parameters and optimizer state stay float32 whatever this says; it sets the activation dtype.
+
+  Raises:
+    ValueError: `name` is not "auto", "float32" or "bfloat16".
+  """
+  if name == "auto":
+    platform = (platform or jax.default_backend()).lower()
+    return "bfloat16" if platform in BF16_PLATFORMS else "float32"
+  if name not in DTYPES:
+    raise ValueError(f"compute_dtype={name!r}; choose auto or one of {sorted(DTYPES)}")
+  return name
+
+
+def compute_dtype(config):
+  """The jnp activation dtype of `config.compute_dtype` on this backend."""
+  return DTYPES[resolve_compute_dtype(config.compute_dtype)]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -131,9 +156,13 @@ def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, st
 
 
 def run_meta(config, step, mesh) -> dict:
-  """What every checkpoint's meta records about the run (config, versions, topology, data)."""
+  """What every checkpoint's meta records about the run (config, versions, topology, data).
+
+  `compute_dtype` is the resolved activation dtype (the config may say "auto").
+  """
   from maskvq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
           "jax_version": jax.__version__, "num_devices": jax.device_count(),
+          "compute_dtype": resolve_compute_dtype(config.get("compute_dtype", "float32")),
           "num_processes": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
           "skipped_images": pipeline.SKIPPED.value}

@@ -50,7 +50,8 @@ class DenseGPT(nn.Module):
     self.blocks = [Block(self.d_model, self.n_heads, self.attn_dropout, self.resid_dropout,
                          False, self.dtype) for _ in range(self.n_layers)]
     self.head_ln = _layer_norm(self.dtype)
-    self.head = _dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype)
+    self.head = _dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+                       f32_out=True)
     self.embed_drop = nn.Dropout(self.embd_dropout)
 
   def _forward(self, codes, offset, mask, *, train, cache=None):

@@ -93,8 +93,7 @@ def validate_config(config, num_devices: int):
   mqvae_lib.validate_mqvae_kwargs(**config.model.to_dict())
   if config.model.resolution != config.input.res:
     raise ValueError(f"model.resolution={config.model.resolution} != input.res={config.input.res}")
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype={config.compute_dtype!r}; choose one of {sorted(DTYPES)}")
+  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
   losses.d_loss_fn(config.loss.disc_loss)
   if config.ema_updates_per_step not in (1, 2):
     raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
@@ -113,7 +112,7 @@ def build(config) -> Parts:
   sched_g = loop.schedule(config, lr, steps, warm)
   sched_d = loop.schedule(config, lr_d, steps, warm)
   adam = lambda s: optax.adam(s, b1=config.optim.b1, b2=config.optim.b2)
-  dtype = DTYPES[config.compute_dtype]
+  dtype = loop.compute_dtype(config)  # "auto": bf16 on TPU/GPU, float32 on CPU
   return Parts(cfg=config, model=mqvae_lib.MQVAE(**config.model.to_dict(), dtype=dtype),
                disc=NLayerDiscriminator(ndf=config.disc.ndf, n_layers=config.disc.n_layers,
                                         dtype=dtype),

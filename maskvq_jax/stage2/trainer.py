@@ -170,8 +170,7 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError("model.null_class=True needs model.n_classes > 0")
   if not 0.0 <= m.cond_dropout < 1.0:
     raise ValueError(f"model.cond_dropout={m.cond_dropout} must be in [0, 1)")
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype={config.compute_dtype!r}; choose one of {sorted(DTYPES)}")
+  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
   if not 0.0 <= config.param_ema < 1.0:
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if config.optim.schedule not in ("warmup_cosine", "constant"):
@@ -219,7 +218,7 @@ def build(config, tokenizer) -> Parts:
   tx = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  dtype = DTYPES[config.compute_dtype]
+  dtype = loop.compute_dtype(config)  # "auto": bf16 on TPU/GPU, float32 on CPU
   te = config.text_encoder
   text = (text_lib.ByteTextEncoder(max_len=config.input.text_len, d_model=te.d_model,
                                    n_heads=te.n_heads, n_layers=te.n_layers, dropout=te.dropout,
