@@ -98,7 +98,8 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.optim = mlc.ConfigDict(dict(
       base_lr=4.5e-6, lr=-1.0,           # lr < 0: base_lr * global batch (authors' rule)
       b1=0.5, b2=0.9, warmup_epochs=0.1, warmup_steps=-1, min_lr_ratio=0.0, schedule="warmup_cosine",
-      disc_lr=-1.0))                     # disc_lr < 0: same as lr (authors)
+      disc_lr=-1.0,                      # disc_lr < 0: same as lr (authors)
+      grad_accum_steps=1))               # > 1: the batch in that many micro-batches (stage1/trainer.py)
   c.param_ema = 0.0                    # > 0: keep an EMA of the generator params for evaluation
   # The authors' Lightning code runs the whole forward twice per batch (once per optimizer), so the
   # EMA codebook and BatchNorm statistics move twice per batch. 1 = one forward (ours, default);

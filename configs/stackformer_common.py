@@ -52,7 +52,8 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
   c.optim = mlc.ConfigDict(dict(
       lr=5e-4, base_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.01,  # decay on dense kernels only
       schedule="warmup_cosine", warmup_steps=0, warmup_epochs=0.0, min_lr_ratio=0.0,
-      grad_clip=0.0))                  # 0: no clipping (authors)
+      grad_clip=0.0,                   # 0: no clipping (authors)
+      grad_accum_steps=1))             # > 1: mean gradient of that many micro-batches, one update
   c.param_ema = 0.0
   # "auto": bfloat16 activations on TPU/GPU, float32 on CPU (core/loop.py resolve_compute_dtype);
   # "float32" / "bfloat16" force one. Parameters and optimizer state are float32 either way.

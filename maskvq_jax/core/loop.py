@@ -83,6 +83,52 @@ def schedule(config, peak: float, steps: int, warmup: int) -> optax.Schedule:
       end_value=peak * config.optim.min_lr_ratio)
 
 
+def grad_accum_steps(config) -> int:
+  """`config.optim.grad_accum_steps` (1: none); micro-batches per step."""
+  return int(config.optim.get("grad_accum_steps", 1))
+
+
+def check_grad_accum(config, data_parallel: int):
+  """ValueError unless the global batch splits into equal micro-batches over the data axes."""
+  n, bs = grad_accum_steps(config), config.input.batch_size
+  if n < 1:
+    raise ValueError(f"optim.grad_accum_steps={n} must be >= 1")
+  if bs % n or (bs // n) % data_parallel:
+    raise ValueError(f"optim.grad_accum_steps={n}: input.batch_size={bs} must split into {n} "
+                     f"micro-batches, each a multiple of the data-parallel size {data_parallel}")
+
+
+def microbatches(tree, n: int):
+  """[B, ...] leaves -> [n, B/n, ...]; micro-batch i holds examples i, i + n, i + 2n, ...
+
+  Strided rather than contiguous so that, with the batch axis sharded in contiguous blocks over
+  the devices, every micro-batch is spread over all devices without moving data.
+  """
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1),
+                      tree)
+
+
+def accumulate(fn, carry, micro, n: int):
+  """Runs `fn(carry, micro_i, i) -> (carry, (grads, metrics))` over n micro-batches (one scan).
+
+  Returns (final carry, mean grads, mean metrics): float32 sums divided by n once, so equal-sized
+  micro-batches give the whole batch's mean.
+  """
+  first = jax.tree.map(lambda x: x[0], micro)
+  _, out_shape = jax.eval_shape(fn, carry, first, jnp.zeros((), jnp.int32))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), out_shape)
+
+  def body(state, xs):
+    c, sums = state
+    c, out = fn(c, *xs)
+    return (c, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), sums, out)), None
+
+  (carry, (g_sum, m_sum)), _ = jax.lax.scan(body, (carry, zeros),
+                                            (micro, jnp.arange(n, dtype=jnp.int32)))
+  mean = lambda t: jax.tree.map(lambda v: v / n, t)
+  return carry, mean(g_sum), mean(m_sum)
+
+
 def tree_l2(tree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   if not leaves:
