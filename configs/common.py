@@ -62,6 +62,9 @@ def loop_defaults(c):
   c.max_to_keep = 3
   c.async_checkpointing = True
   c.param_overview = True
+  # Persistent XLA compilation cache: "auto" = $MASKVQ_CACHE/xla or ~/.cache/maskvq_jax/xla,
+  # "" = off, or a directory / gs:// URL (maskvq_jax/core/compile_cache.py).
+  c.compile_cache_dir = "auto"
 
 
 def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)):
@@ -77,7 +80,8 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.input = mlc.ConfigDict(dict(
       name="imagenet2012", source="tfds", split="train", data_dir="", folder="",
       num_train_examples=1_281_167, batch_size=batch, res=res, augment="crop_flip",
-      num_threads=16, prefetch=2, seed_offset=0))
+      num_threads=16, prefetch=2, seed_offset=0,
+      device_prefetch=2))              # global batches put on the devices ahead of the step
   c.eval = mlc.ConfigDict(dict(
       split="validation", batch_size=batch, num_examples=2048, every_steps=5000, image_every_steps=5000,
       num_images=8, lpips=True))

@@ -5,7 +5,8 @@ Multi-host (TPU pods, multi-node GPU): add `--multihost` so `jax.distributed.ini
 first (it raises on a plain single host, hence the flag) and auto-detects Cloud TPU / SLURM / MPI.
 Where nothing can be detected (several processes on one machine, launch/local_multiprocess.sh, or a
 hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --process_id=i`
-(this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
+(this implies `--multihost`; CPU processes talk through gloo collectives). Compiled steps are kept
+in a persistent cache (`--config.compile_cache_dir`, core/compile_cache.py). The trainer is chosen by
 `config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
 """
@@ -19,6 +20,7 @@ import jax
 from ml_collections import config_flags
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import compile_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=True)
@@ -75,6 +77,7 @@ def main(argv):
                jax.devices()[0].platform)
   from maskvq_jax import trainers  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  compile_cache.enable(config.get("compile_cache_dir", "auto"))  # before anything compiles
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)
