@@ -34,6 +34,7 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
       res=-1,                          # -1: the tokenizer's resolution (anything else must match)
       augment="crop_flip",             # authors: random crop + flip, tokens computed on the fly
       num_threads=16, prefetch=2, seed_offset=0,
+      device_prefetch=2,               # global batches put on the devices ahead of the step
       tokens_dir="",                   # exported tokens (maskvq_jax.tools.export_tokens) instead
       label_key="label",               # class models
       caption_key="",                  # text models: a string feature, or "captions/text"
