@@ -13,6 +13,7 @@ import jax
 from configs import quickstart
 from configs import quickstart_stage2
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import loop
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.stage1 import trainer as mqvae
 
@@ -31,7 +32,7 @@ def make_stage1_workdir(workdir: str, arg: str = "", step: int = 3) -> str:
   state = state.replace(step=state.step + step)
   ck = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1,
                                   async_save=False)
-  ck.save(step, state, meta=mqvae._run_meta(c, step, mesh), force=True)  # pylint: disable=protected-access
+  ck.save(step, state, meta=loop.run_meta(c, step, mesh), force=True)
   ck.close()
   return workdir
 
