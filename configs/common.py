@@ -130,6 +130,9 @@ def loop_defaults(c):
   # Several processes with JAX's preemption service off: how often they agree on a SIGTERM (one
   # all-gather on those steps). With the service on (default) the agreement costs nothing per step.
   c.preemption_check_every_steps = 10
+  # Persistent XLA compilation cache: "auto" = $MASKVQ_CACHE/xla or ~/.cache/maskvq_jax/xla,
+  # "" = off, or a directory / gs:// URL (maskvq_jax/core/compile_cache.py).
+  c.compile_cache_dir = "auto"
 
 
 def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)):
@@ -145,7 +148,8 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.input = mlc.ConfigDict(dict(
       name="imagenet2012", source="tfds", split="train", data_dir="", folder="",
       num_train_examples=1_281_167, batch_size=batch, res=res, augment="crop_flip",
-      num_threads=16, prefetch=2, seed_offset=0))
+      num_threads=16, prefetch=2, seed_offset=0,
+      device_prefetch=2))              # global batches put on the devices ahead of the step
   c.eval = mlc.ConfigDict(dict(
       split="validation", batch_size=batch, num_examples=2048, every_steps=5000, image_every_steps=5000,
       num_images=8, lpips=True))
@@ -156,7 +160,9 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
       attn_resolutions=(grid,), z_channels=256, dropout=0.0, scorer=scorer, keep_ratio=keep,
       codebook_size=1024, codebook_dim=256, beta=0.25, ema_decay=0.99, restart_unused_codes=True,
       demasker_layers=8, mask_init_value=0.02, dense=dense))
-  c.compute_dtype = "float32"          # "bfloat16": bf16 activations, float32 params and optimizer
+  # "auto": bfloat16 activations on TPU/GPU, float32 on CPU (core/loop.py resolve_compute_dtype);
+  # "float32" / "bfloat16" force one. Parameters and optimizer state are float32 either way.
+  c.compute_dtype = "auto"
   c.disc = mlc.ConfigDict(dict(ndf=64, n_layers=3, in_channels=3))
   c.loss = mlc.ConfigDict(dict(
       pixel_weight=1.0, perceptual_weight=1.0, codebook_weight=1.0, disc_weight=0.75,
@@ -164,7 +170,8 @@ def stage1_base(*, keep, scorer, dense, batch, res, ch=128, ch_mult=(1, 1, 2, 2)
   c.optim = mlc.ConfigDict(dict(
       base_lr=4.5e-6, lr=-1.0,           # lr < 0: base_lr * global batch (authors' rule)
       b1=0.5, b2=0.9, warmup_epochs=0.1, warmup_steps=-1, min_lr_ratio=0.0, schedule="warmup_cosine",
-      disc_lr=-1.0))                     # disc_lr < 0: same as lr (authors)
+      disc_lr=-1.0,                      # disc_lr < 0: same as lr (authors)
+      grad_accum_steps=1))               # > 1: the batch in that many micro-batches (stage1/trainer.py)
   c.param_ema = 0.0                    # > 0: keep an EMA of the generator params for evaluation
   # The authors' Lightning code runs the whole forward twice per batch (once per optimizer), so the
   # EMA codebook and BatchNorm statistics move twice per batch. 1 = one forward (ours, default);

@@ -34,6 +34,7 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
       res=-1,                          # -1: the tokenizer's resolution (anything else must match)
       augment="crop_flip",             # authors: random crop + flip, tokens computed on the fly
       num_threads=16, prefetch=2, seed_offset=0,
+      device_prefetch=2,               # global batches put on the devices ahead of the step
       tokens_dir="",                   # exported tokens (maskvq_jax.tools.export_tokens) instead
       label_key="label",               # class models
       caption_key="",                  # text models: a string feature, or "captions/text"
@@ -52,9 +53,12 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
   c.optim = mlc.ConfigDict(dict(
       lr=5e-4, base_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.01,  # decay on dense kernels only
       schedule="warmup_cosine", warmup_steps=0, warmup_epochs=0.0, min_lr_ratio=0.0,
-      grad_clip=0.0))                  # 0: no clipping (authors)
+      grad_clip=0.0,                   # 0: no clipping (authors)
+      grad_accum_steps=1))             # > 1: mean gradient of that many micro-batches, one update
   c.param_ema = 0.0
-  c.compute_dtype = "float32"          # bfloat16: bf16 activations, float32 params / optimizer
+  # "auto": bfloat16 activations on TPU/GPU, float32 on CPU (core/loop.py resolve_compute_dtype);
+  # "float32" / "bfloat16" force one. Parameters and optimizer state are float32 either way.
+  c.compute_dtype = "auto"
   # Periodic sample grids (TensorBoard + <workdir>/images/*.png). Authors' log_images defaults.
   c.sample = mlc.ConfigDict(dict(
       every_steps=5000, num=16, seed=0, temperature=1.0, top_k=100, top_p=0.95,

@@ -5,7 +5,8 @@ Multi-host (TPU pods, multi-node GPU): add `--multihost` so `jax.distributed.ini
 first (it raises on a plain single host, hence the flag) and auto-detects Cloud TPU / SLURM / MPI.
 Where nothing can be detected (several processes on one machine, launch/local_multiprocess.sh, or a
 hand-rolled cluster), give `--coordinator_address=host:port --num_processes=N --process_id=i`
-(this implies `--multihost`; CPU processes talk through gloo collectives). The trainer is chosen by
+(this implies `--multihost`; CPU processes talk through gloo collectives). Compiled steps are kept
+in a persistent cache (`--config.compile_cache_dir`, core/compile_cache.py). The trainer is chosen by
 `config.trainer` through `maskvq_jax.trainers`. A checkpoint that cannot be written (disk full,
 read-only workdir) stops the run with a message naming the directory; earlier steps stay intact.
 A mistake in the flags or the config (missing file, bad `:arg`, misspelt `--config.x`) is one
@@ -50,6 +51,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from maskvq_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
   from maskvq_jax.core import workdir_lock  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.core import compile_cache  # pylint: disable=g-import-not-at-top
   from maskvq_jax import trainers  # pylint: disable=g-import-not-at-top  # light: a registry
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
@@ -67,6 +69,7 @@ def main(argv):
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  compile_cache.enable(config.get("compile_cache_dir", "auto"))  # before anything compiles
   trainer = trainers.get(config.trainer)
   try:
     summary = trainer.train(config, _WORKDIR.value)

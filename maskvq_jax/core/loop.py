@@ -7,6 +7,7 @@ import json
 import math
 import signal
 import time
+from typing import Optional
 
 from absl import logging
 import flax.linen as nn
@@ -19,6 +20,30 @@ import optax
 from maskvq_jax.core import checkpointing
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Platforms where "auto" means bfloat16 activations (matrix units run bf16 at full rate). On CPU
+# bf16 is emulated and slower than float32, so "auto" stays float32 there.
+BF16_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
+
+
+def resolve_compute_dtype(name: str, platform: Optional[str] = None) -> str:
+  """`config.compute_dtype` -> "float32" | "bfloat16"; "auto" decides by the default backend.
+
+  Parameters and optimizer state stay float32 whatever this says; it sets the activation dtype.
+
+  Raises:
+    ValueError: `name` is not "auto", "float32" or "bfloat16".
+  """
+  if name == "auto":
+    platform = (platform or jax.default_backend()).lower()
+    return "bfloat16" if platform in BF16_PLATFORMS else "float32"
+  if name not in DTYPES:
+    raise ValueError(f"compute_dtype={name!r}; choose auto or one of {sorted(DTYPES)}")
+  return name
+
+
+def compute_dtype(config):
+  """The jnp activation dtype of `config.compute_dtype` on this backend."""
+  return DTYPES[resolve_compute_dtype(config.compute_dtype)]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,6 +81,52 @@ def schedule(config, peak: float, steps: int, warmup: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=max(warmup, 0), decay_steps=max(steps, warmup + 1),
       end_value=peak * config.optim.min_lr_ratio)
+
+
+def grad_accum_steps(config) -> int:
+  """`config.optim.grad_accum_steps` (1: none); micro-batches per step."""
+  return int(config.optim.get("grad_accum_steps", 1))
+
+
+def check_grad_accum(config, data_parallel: int):
+  """ValueError unless the global batch splits into equal micro-batches over the data axes."""
+  n, bs = grad_accum_steps(config), config.input.batch_size
+  if n < 1:
+    raise ValueError(f"optim.grad_accum_steps={n} must be >= 1")
+  if bs % n or (bs // n) % data_parallel:
+    raise ValueError(f"optim.grad_accum_steps={n}: input.batch_size={bs} must split into {n} "
+                     f"micro-batches, each a multiple of the data-parallel size {data_parallel}")
+
+
+def microbatches(tree, n: int):
+  """[B, ...] leaves -> [n, B/n, ...]; micro-batch i holds examples i, i + n, i + 2n, ...
+
+  Strided rather than contiguous so that, with the batch axis sharded in contiguous blocks over
+  the devices, every micro-batch is spread over all devices without moving data.
+  """
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1),
+                      tree)
+
+
+def accumulate(fn, carry, micro, n: int):
+  """Runs `fn(carry, micro_i, i) -> (carry, (grads, metrics))` over n micro-batches (one scan).
+
+  Returns (final carry, mean grads, mean metrics): float32 sums divided by n once, so equal-sized
+  micro-batches give the whole batch's mean.
+  """
+  first = jax.tree.map(lambda x: x[0], micro)
+  _, out_shape = jax.eval_shape(fn, carry, first, jnp.zeros((), jnp.int32))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), out_shape)
+
+  def body(state, xs):
+    c, sums = state
+    c, out = fn(c, *xs)
+    return (c, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), sums, out)), None
+
+  (carry, (g_sum, m_sum)), _ = jax.lax.scan(body, (carry, zeros),
+                                            (micro, jnp.arange(n, dtype=jnp.int32)))
+  mean = lambda t: jax.tree.map(lambda v: v / n, t)
+  return carry, mean(g_sum), mean(m_sum)
 
 
 def tree_l2(tree) -> jax.Array:
@@ -191,9 +262,13 @@ def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, st
 
 
 def run_meta(config, step, mesh) -> dict:
-  """What every checkpoint's meta records about the run (config, versions, topology, data)."""
+  """What every checkpoint's meta records about the run (config, versions, topology, data).
+
+  `compute_dtype` is the resolved activation dtype (the config may say "auto").
+  """
   from maskvq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return {"step": int(step), "time": time.time(), "config": json.loads(config.to_json_best_effort()),
           "jax_version": jax.__version__, "num_devices": jax.device_count(),
+          "compute_dtype": resolve_compute_dtype(config.get("compute_dtype", "float32")),
           "num_processes": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
           "skipped_images": pipeline.SKIPPED.value}

@@ -13,6 +13,8 @@ alpha over white, EXIF-rotated) are decoded by `data/images.py` into uint8 RGB; 
 skipped and counted (`SKIPPED.value`), never fatal. A TFDS dataset prepared only as TFRecord is
 refused when the pipeline is created, with the command that converts it.
 """
+import collections
+import io
 import threading
 from typing import Any, Iterator, Optional
 
@@ -156,23 +158,42 @@ def preprocess(ex: dict, rng: Optional[np.random.Generator], *, res: int, augmen
 class GlobalIterator:
   """Wraps a grain iterator of host-local numpy batches; yields global jax.Arrays.
 
-  `get_state`/`set_state` expose the grain position (JSON-serialisable) for checkpoints.
+  `prefetch` > 0 keeps that many further batches already put on the devices (the transfers are
+  asynchronous, so they overlap the running step). `get_state`/`set_state` expose the grain
+  position (JSON-serialisable) for checkpoints: the position of the next batch handed out, not of
+  the batches waiting in the prefetch queue, so a resumed run continues with exactly that batch.
   """
 
-  def __init__(self, host_iter, sharding):
+  def __init__(self, host_iter, sharding, prefetch: int = 0):
     self._it, self._sharding = host_iter, sharding
+    self._prefetch = max(int(prefetch), 0)
+    self._queue = collections.deque()  # (grain state before the batch, device batch)
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return self
 
-  def __next__(self):
-    b = next(self._it)
+  def _put(self, b):
     return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in b.items()}
 
+  def __next__(self):
+    if not self._prefetch:
+      return self._put(next(self._it))
+    while len(self._queue) < self._prefetch + 1:
+      state = self._it.get_state()
+      try:
+        b = next(self._it)
+      except StopIteration:
+        break
+      self._queue.append((state, self._put(b)))
+    if not self._queue:
+      raise StopIteration
+    return self._queue.popleft()[1]
+
   def get_state(self) -> dict:
-    return self._it.get_state()
+    return self._queue[0][0] if self._queue else self._it.get_state()
 
   def set_state(self, state: dict):
+    self._queue.clear()
     self._it.set_state(state)
 
 
@@ -227,7 +248,7 @@ def train_iter(config, sharding) -> GlobalIterator:
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads,
                                            prefetch_buffer_size=max(inp.prefetch, 1) * 8))
         .batch(_local_batch(inp.batch_size), drop_remainder=True))
-  return GlobalIterator(iter(ds), sharding)
+  return GlobalIterator(iter(ds), sharding, prefetch=inp.get("device_prefetch", 2))
 
 
 def eval_iter(config, sharding) -> tuple[GlobalIterator, int]:

@@ -163,7 +163,8 @@ def train_iter(config, sharding, *, need_label: bool, text_len: int):
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads,
                                            prefetch_buffer_size=max(inp.prefetch, 1) * 8))
         .batch(input_pipeline._local_batch(inp.batch_size), drop_remainder=True))  # pylint: disable=protected-access
-  return input_pipeline.GlobalIterator(iter(ds), sharding)
+  return input_pipeline.GlobalIterator(iter(ds), sharding,
+                                       prefetch=inp.get("device_prefetch", 2))
 
 
 def eval_iter(config, sharding, *, need_label: bool, text_len: int):

@@ -62,7 +62,8 @@ class DenseGPT(nn.Module):
                               dtype=self.dtype, scan=self.scan_layers,
                               remat_policy=self.remat_policy)
     self.head_ln = layer_norm(self.dtype)
-    self.head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype)
+    self.head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+                      f32_out=True)
     self.embed_drop = nn.Dropout(self.embd_dropout)
 
   def _forward(self, codes, offset, mask, *, train, cache=None):

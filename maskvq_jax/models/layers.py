@@ -41,6 +41,7 @@ class Conv(nn.Module):
   padding: Any = "torch"  # "torch": symmetric (k-1)//2 zero padding, as nn.Conv2d(padding=k//2).
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  precision: Any = None  # e.g. "highest" for the float32 islands (scorer) on TPU/GPU
 
   @nn.compact
   def __call__(self, x):
@@ -56,7 +57,7 @@ class Conv(nn.Module):
         (k, k, x.shape[-1], self.features), jnp.float32)
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), pad,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(fan_in), ("conv_out",)),
                         (self.features,), jnp.float32)
@@ -70,13 +71,15 @@ class Dense(nn.Module):
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   kernel_axes: tuple = ("conv_in", "conv_out")
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
     kernel = self.param("kernel", nn.with_logical_partitioning(torch_kernel_init, self.kernel_axes),
                         (fan_in, self.features), jnp.float32)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                   precision=self.precision)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(fan_in), self.kernel_axes[1:]),
                         (self.features,), jnp.float32)
@@ -122,7 +125,8 @@ class AttnBlock(nn.Module):
     q = Dense(c, dtype=self.dtype, name="q")(h).reshape(b, hh * ww, c)
     k = Dense(c, dtype=self.dtype, name="k")(h).reshape(b, hh * ww, c)
     v = Dense(c, dtype=self.dtype, name="v")(h).reshape(b, hh * ww, c)
-    w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c ** -0.5)  # [B, N, N]
+    # float32 island: scores accumulated and kept in float32 whatever the compute dtype
+    w = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c ** -0.5)
     w = jax.nn.softmax(w, axis=-1)
     if key_weight is not None:
       w = w * key_weight[:, None, :].astype(w.dtype)

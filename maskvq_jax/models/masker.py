@@ -7,6 +7,11 @@ Three interchangeable scorers (`scorer=`):
   * "random" ablation baseline: a random ranking per image; kept features are not rescaled
              (multiplier 1), so the scorer has no parameters and no gradient path.
 
+Float32 islands (whatever `dtype` the rest of the model computes in): the scorer runs in float32
+at "highest" matmul precision (a near-tie at the top-k cut must not flip with the compute dtype),
+and so does `pre_projection`, whose output is the quantizer's input (float32 distances and EMA
+sums). Both are small next to the encoder.
+
 Top-k runs on stop-gradient scores with a static k, so shapes never depend on data. The kept tokens are
 LayerNormed per token (no affine), gathered, multiplied by their (gradient-carrying) score -- the
 scorer's only gradient path -- and projected by a bias-free Linear.
@@ -21,6 +26,7 @@ from maskvq_jax.models import layers
 
 Dtype = Any
 SCORERS = ("conv", "mlp", "random")
+ISLAND = dict(dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)  # see the module docstring
 
 
 def _normalize(x, axes, eps=1e-5):
@@ -80,13 +86,13 @@ class Masker(nn.Module):
     b, hh, ww, c = h.shape
     if self.scorer == "conv":
       s = _normalize(h, axes=(1, 2, 3))
-      s = nn.relu(layers.Conv(c, 3, dtype=self.dtype, name="score_conv1")(s))
-      s = layers.Conv(1, 1, dtype=self.dtype, name="score_conv2")(s)
+      s = nn.relu(layers.Conv(c, 3, **ISLAND, name="score_conv1")(s))
+      s = layers.Conv(1, 1, **ISLAND, name="score_conv2")(s)
       s = TorchBatchNorm(name="score_bn")(s, train)
       return jax.nn.sigmoid(s).reshape(b, hh * ww)
     if self.scorer == "mlp":
-      s = nn.relu(layers.Dense(c, dtype=self.dtype, name="score_fc1")(h))
-      s = layers.Dense(1, dtype=self.dtype, name="score_fc2")(s)
+      s = nn.relu(layers.Dense(c, **ISLAND, name="score_fc1")(h.astype(jnp.float32)))
+      s = layers.Dense(1, **ISLAND, name="score_fc2")(s)
       return jax.nn.sigmoid(s.astype(jnp.float32)).reshape(b, hh * ww)
     if self.scorer == "random":
       return jax.random.uniform(self.make_rng("mask"), (b, hh * ww), jnp.float32)
@@ -106,7 +112,7 @@ class Masker(nn.Module):
     kept_scores = jnp.take_along_axis(scores, positions, axis=1)
     if self.scorer != "random":
       kept = kept * kept_scores[..., None]
-    kept = layers.Dense(self.codebook_dim, use_bias=False, dtype=self.dtype, name="pre_projection")(kept)
+    kept = layers.Dense(self.codebook_dim, use_bias=False, **ISLAND, name="pre_projection")(kept)
     mask = jnp.zeros((b, n), jnp.float32).at[jnp.arange(b)[:, None], positions].set(1.0)
     return dict(kept=kept, positions=positions.astype(jnp.int32), remain=remain.astype(jnp.int32),
                 mask=mask, scores=scores, kept_scores=kept_scores)

@@ -107,7 +107,7 @@ class MQVAE(nn.Module):
         self.codebook_size, self.codebook_dim, beta=self.beta, decay=self.ema_decay,
         restart_unused_codes=self.restart_unused_codes)
     if self.dense:
-      self.quant_conv = layers.Dense(self.codebook_dim, dtype=self.dtype)
+      self.quant_conv = layers.Dense(self.codebook_dim, **masker_lib.ISLAND)  # quantizer input
       self.post_quant_conv = layers.Dense(self.z_channels, dtype=self.dtype)
       self.decoder = vqgan.TamingDecoder(out_ch=self.out_channels, **common)
     else:

@@ -143,10 +143,11 @@ class Stackformer(nn.Module):
     self.code_blocks = make_layers(self.code_layers, **block)
     self.position_blocks = make_layers(self.position_layers, **block)
     self.code_head_ln = layer_norm(self.dtype)
-    self.code_head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype)
+    self.code_head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+                           f32_out=True)
     self.position_head_ln = layer_norm(self.dtype)
     self.position_head = dense(self.position_size, ("embed", "vocab"), use_bias=False,
-                               dtype=self.dtype)
+                               dtype=self.dtype, f32_out=True)
     self.embed_drop = nn.Dropout(self.embd_dropout)
 
   # ----- shared pieces ------------------------------------------------------------------------

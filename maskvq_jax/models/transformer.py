@@ -72,16 +72,21 @@ def _mixed_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_ty
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   return jax.lax.dot_general(lhs.astype(rhs.dtype), rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=lhs.dtype)
+                             preferred_element_type=preferred_element_type or lhs.dtype)
 
 
-def dense(features, names, *, use_bias=True, dtype=jnp.float32, name=None):
+def _f32_out_dot(lhs, rhs, dimension_numbers, precision=None):
+  """_mixed_dot accumulating into and returning float32 (output heads: logits before the CE)."""
+  return _mixed_dot(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32)
+
+
+def dense(features, names, *, use_bias=True, dtype=jnp.float32, name=None, f32_out=False):
   """torch-initialised Linear with logical axis names `names` (kernel) / names[-1:] (bias)."""
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(INIT, names),
       bias_init=nn.with_logical_partitioning(ZEROS, names[-1:]),
-      promote_dtype=_promote_keep_kernel, dot_general=_mixed_dot)
+      promote_dtype=_promote_keep_kernel, dot_general=_f32_out_dot if f32_out else _mixed_dot)
 
 
 def layer_norm(dtype, name=None):
@@ -195,7 +200,8 @@ class Attention(nn.Module):
       return self.resid_drop(self.proj(y), deterministic=not train)
     if mask is None:
       mask = causal_mask(q.shape[2], k.shape[2])
-    logits = jnp.einsum("bhsd,bhld->bhsl", q, k) * scale  # [B, H, S, L]
+    # float32 island: scores accumulate and stay in float32 (bf16 q.k^T loses the softmax's tails)
+    logits = jnp.einsum("bhsd,bhld->bhsl", q, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.attn_drop(weights, deterministic=not train)

@@ -42,6 +42,7 @@ from maskvq_jax.models import lpips as lpips_lib
 from maskvq_jax.evaluation import step_metrics as metrics_lib
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.core import loop
+from maskvq_jax.core import throughput
 from maskvq_jax.models import mqvae as mqvae_lib
 from maskvq_jax.models.discriminator import NLayerDiscriminator
 
@@ -95,11 +96,14 @@ def validate_config(config, num_devices: int):
   mqvae_lib.validate_mqvae_kwargs(**config.model.to_dict())
   if config.model.resolution != config.input.res:
     raise ValueError(f"model.resolution={config.model.resolution} != input.res={config.input.res}")
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype={config.compute_dtype!r}; choose one of {sorted(DTYPES)}")
+  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
   losses.d_loss_fn(config.loss.disc_loss)
   if config.ema_updates_per_step not in (1, 2):
     raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
+  loop.check_grad_accum(config, div)
+  if loop.grad_accum_steps(config) > 1 and config.ema_updates_per_step != 1:
+    raise ValueError(f"optim.grad_accum_steps={loop.grad_accum_steps(config)} needs "
+                     f"ema_updates_per_step=1, not {config.ema_updates_per_step}")
   if not 0.0 <= config.param_ema < 1.0:
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if loop.total_steps(config) < 1:
@@ -115,7 +119,7 @@ def build(config) -> Parts:
   sched_g = loop.schedule(config, lr, steps, warm)
   sched_d = loop.schedule(config, lr_d, steps, warm)
   adam = lambda s: optax.adam(s, b1=config.optim.b1, b2=config.optim.b2)
-  dtype = DTYPES[config.compute_dtype]
+  dtype = loop.compute_dtype(config)  # "auto": bf16 on TPU/GPU, float32 on CPU
   return Parts(cfg=config, model=mqvae_lib.MQVAE(**config.model.to_dict(), dtype=dtype),
                disc=NLayerDiscriminator(ndf=config.disc.ndf, n_layers=config.disc.n_layers,
                                         dtype=dtype),
@@ -147,14 +151,11 @@ def _last_layer(tree, path: str):
 
 
 # ===================================================================== steps
-def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
-  """One GAN step (one generator forward). Returns (new state, dict of float32 scalars)."""
+def _gan_grads(params, stats, x, rngs, df, step, lpips_params, parts: Parts):
+  """One generator forward on `x` and everything that needs it: the generator's gradient and the
+  discriminator's outputs (with their pull-backs) for the D loss. No parameter is updated."""
   cfg, model, disc = parts.cfg, parts.model, parts.disc
   lc = cfg.loss
-  x = batch["image"].astype(jnp.float32) / 127.5 - 1.0               # [B, H, W, 3] in [-1, 1]
-  rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), 6)
-  df = jnp.where(state.step >= lc.disc_start, lc.disc_factor, 0.0).astype(jnp.float32)
-  d_loss_fn = losses.d_loss_fn(lc.disc_loss)
 
   def gen_fwd(gp, bs_g, vq, keys):
     (rec, aux), cols = model.apply(
@@ -170,8 +171,7 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
 
   # ---- generator forward (the only one) and reconstruction losses
   (rec, qloss), vjp_g, (aux, cols_g) = jax.vjp(
-      lambda gp: gen_fwd(gp, state.batch_stats["g"], state.vq_stats, rngs[:3]),
-      state.params["g"], has_aux=True)
+      lambda gp: gen_fwd(gp, stats["g"], stats["vq"], rngs[:3]), params["g"], has_aux=True)
 
   def nll_fn(r):
     l1 = losses.l1(x, r)
@@ -181,16 +181,17 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
 
   (nll, (l1, p_loss)), ct_nll = jax.value_and_grad(nll_fn, has_aux=True)(rec)
   if cfg.debug_inject_nan_step >= 0:  # fault injection for the NaN guard's test
-    nll = nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
-    ct_nll = ct_nll * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
+    nll = nll * jnp.where(step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
+    ct_nll = ct_nll * jnp.where(step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
   # Static: with disc_factor 0 the GAN term is zero at every step, so the discriminator is never
   # run (same generator update, D's parameters / Adam state / BatchNorm statistics untouched, GAN
   # metrics zero); the CPU quickstart trains this way.
   gan = float(lc.disc_factor) != 0.0
   zero = jnp.zeros((), jnp.float32)
-  dp, bs_d = state.params["d"], state.batch_stats["d"]
+  dp, bs_d = params["d"], stats["d"]
   g_gan = d_weight = gan_scale = norm_last_nll = norm_last_gan = zero
   ct_rec = ct_nll
+  d_out = None
   if gan:
     # ---- discriminator: real first (BatchNorm order as in the authors' D step), then fake
     logits_real, vjp_real, bs_d = jax.vjp(lambda p: d_apply(p, bs_d, x), dp, has_aux=True)
@@ -209,31 +210,95 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
     gan_scale = d_weight * df
     ct_rec = ct_nll + gan_scale * ct_gan
     norm_last_nll, norm_last_gan = loop.tree_l2(g_last_nll), loop.tree_l2(g_last_gan)
+    d_out = (logits_real, vjp_real, logits_fake, vjp_fake)
   (g_grads,) = vjp_g((ct_rec, jnp.full_like(qloss, lc.codebook_weight)))
   loss_g = nll + gan_scale * g_gan + lc.codebook_weight * qloss
+  new_stats = {"g": cols_g.get("batch_stats", {}), "vq": cols_g["vq_stats"], "d": bs_d}
+  m = {
+      "loss/total_g": loss_g, "loss/nll": nll, "loss/l1": l1, "loss/lpips": p_loss,
+      "loss/commit": qloss, "loss/g_gan": g_gan, "gan/d_weight": d_weight,
+      "gan/disc_factor": df, "codebook/perplexity": aux["perplexity"],
+      "codebook/usage": aux["usage"], "grad_norm/g_last_nll": norm_last_nll,
+      "grad_norm/g_last_gan": norm_last_gan,
+  }
+  if not cfg.model.dense:
+    m.update(metrics_lib.score_stats(aux["scores"], aux["mask"]))
+  return g_grads, new_stats, d_out, m, gen_fwd, d_apply
+
+
+def _disc_grads(d_out, dp, df, parts: Parts):
+  """Hinge (or vanilla) D loss on the logits of `_gan_grads` -> (d_grads, metrics)."""
+  zero = jnp.zeros((), jnp.float32)
+  if d_out is None:  # no GAN: D untouched
+    return jax.tree.map(jnp.zeros_like, dp), {"loss/d": zero, "gan/logits_real": zero,
+                                              "gan/logits_fake": zero}
+  logits_real, vjp_real, logits_fake, vjp_fake = d_out
+  d_loss_fn = losses.d_loss_fn(parts.cfg.loss.disc_loss)
+  d_loss, (ct_real, ct_fake) = jax.value_and_grad(
+      lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
+  d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
+  return d_grads, {"loss/d": d_loss, "gan/logits_real": jnp.mean(logits_real),
+                   "gan/logits_fake": jnp.mean(logits_fake)}
+
+
+def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
+  """One GAN step (one generator forward). Returns (new state, dict of float32 scalars).
+
+  With `optim.grad_accum_steps` = n > 1 the batch is cut into n micro-batches (one scan); the
+  generator and discriminator gradients are the means over them and each optimizer updates once.
+  What differs from one step on the whole batch: BatchNorm (scorer, discriminator) normalises with
+  micro-batch statistics and moves its running averages n times; the EMA codebook moves n times
+  (each micro-batch is quantised with the codebook the previous ones updated, restarts draw from
+  the micro-batch); the adaptive GAN weight is computed per micro-batch; codebook perplexity /
+  usage and score/std are means of micro-batch values. Losses, L1 / LPIPS / GAN gradients of
+  the parameters are otherwise means of the same per-example terms.
+  """
+  cfg = parts.cfg
+  lc = cfg.loss
+  x = batch["image"].astype(jnp.float32) / 127.5 - 1.0               # [B, H, W, 3] in [-1, 1]
+  rngs = jax.random.split(jax.random.fold_in(state.rng, state.step), 6)
+  df = jnp.where(state.step >= lc.disc_start, lc.disc_factor, 0.0).astype(jnp.float32)
+  stats = {"g": state.batch_stats["g"], "vq": state.vq_stats, "d": state.batch_stats["d"]}
+  dp = state.params["d"]
+  n = loop.grad_accum_steps(cfg)
+  if n == 1:
+    g_grads, stats, d_out, m, gen_fwd, d_apply = _gan_grads(
+        state.params, stats, x, rngs, df, state.step, lpips_params, parts)
+  else:
+    def micro(st, xm, i):
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(rngs)
+      g, st, d_out, mm, _, _ = _gan_grads(state.params, st, xm, keys, df, state.step,
+                                          lpips_params, parts)
+      dg, md = _disc_grads(d_out, dp, df, parts)
+      return st, ({"g": g, "d": dg}, {**mm, **md})
+    stats, grads, m = loop.accumulate(micro, stats, loop.microbatches(x, n), n)
+    g_grads = grads["g"]
 
   # ---- generator update
   upd, opt_g = parts.tx_g.update(g_grads, state.opt_state["g"], state.params["g"])
   new_g = optax.apply_updates(state.params["g"], upd)
-  bs_g, vq = cols_g.get("batch_stats", {}), cols_g["vq_stats"]
   if cfg.ema_updates_per_step == 2:  # authors: second forward with the updated generator
-    (rec2, _), (_, cols2) = gen_fwd(new_g, bs_g, vq, rngs[3:])
-    bs_g, vq = cols2.get("batch_stats", {}), cols2["vq_stats"]
-    if gan:
+    (rec2, _), (_, cols2) = gen_fwd(new_g, stats["g"], stats["vq"], rngs[3:])
+    stats = dict(stats, g=cols2.get("batch_stats", {}), vq=cols2["vq_stats"])
+    if d_out is not None:
       logits_fake, vjp_fake, bs_d = jax.vjp(
-          lambda p, r: d_apply(p, bs_d, r), dp, jax.lax.stop_gradient(rec2), has_aux=True)
+          lambda p, r: d_apply(p, stats["d"], r), dp, jax.lax.stop_gradient(rec2), has_aux=True)
+      d_out = (d_out[0], d_out[1], logits_fake, vjp_fake)
+      stats["d"] = bs_d
 
-  # ---- discriminator loss and update
+  # ---- discriminator update
   new_d, opt_d = dp, state.opt_state["d"]
-  d_loss = norm_d = mean_real = mean_fake = zero
+  norm_d = jnp.zeros((), jnp.float32)
+  gan = float(lc.disc_factor) != 0.0
+  if n == 1:
+    d_grads, md = _disc_grads(d_out, dp, df, parts)
+    m = {**m, **md}
+  else:
+    d_grads = grads["d"]
   if gan:
-    d_loss, (ct_real, ct_fake) = jax.value_and_grad(
-        lambda a, b: df * d_loss_fn(a, b), argnums=(0, 1))(logits_real, logits_fake)
-    d_grads = jax.tree.map(jnp.add, vjp_real(ct_real)[0], vjp_fake(ct_fake)[0])
     upd_d, opt_d = parts.tx_d.update(d_grads, state.opt_state["d"], dp)
     new_d = optax.apply_updates(dp, upd_d)
-    norm_d, mean_real, mean_fake = (loop.tree_l2(d_grads), jnp.mean(logits_real),
-                                    jnp.mean(logits_fake))
+    norm_d = loop.tree_l2(d_grads)
 
   ema = state.ema_params
   if ema is not None:
@@ -242,18 +307,9 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
 
   new_state = state.replace(
       step=state.step + 1, params={"g": new_g, "d": new_d}, opt_state={"g": opt_g, "d": opt_d},
-      batch_stats={"g": bs_g, "d": bs_d}, vq_stats=vq, ema_params=ema)
-  m = {
-      "loss/total_g": loss_g, "loss/nll": nll, "loss/l1": l1, "loss/lpips": p_loss,
-      "loss/commit": qloss, "loss/g_gan": g_gan, "loss/d": d_loss, "gan/d_weight": d_weight,
-      "gan/disc_factor": df, "gan/logits_real": mean_real, "gan/logits_fake": mean_fake,
-      "codebook/perplexity": aux["perplexity"], "codebook/usage": aux["usage"],
-      "grad_norm/g": loop.tree_l2(g_grads), "grad_norm/d": norm_d,
-      "grad_norm/g_last_nll": norm_last_nll, "grad_norm/g_last_gan": norm_last_gan,
-      "param_norm/g": loop.tree_l2(new_g), "lr": parts.lr_g(state.step),
-  }
-  if not cfg.model.dense:
-    m.update(metrics_lib.score_stats(aux["scores"], aux["mask"]))
+      batch_stats={"g": stats["g"], "d": stats["d"]}, vq_stats=stats["vq"], ema_params=ema)
+  m = dict(m, **{"grad_norm/g": loop.tree_l2(g_grads), "grad_norm/d": norm_d,
+                 "param_norm/g": loop.tree_l2(new_g), "lr": parts.lr_g(state.step)})
   return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), m)
 
 
@@ -337,9 +393,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   lp_params = None
   if config.loss.perceptual_weight > 0 or config.eval.lpips:
     lp_params = jax.device_put(parts.lpips.load_params(), repl)
-  step_fn = jax.jit(functools.partial(train_step, parts=parts),
-                    in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                    donate_argnums=(0,))
+  step_fn = throughput.CountedStep(jax.jit(  # compiled once, ahead of time, with its FLOP count
+      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
+      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+  meter = throughput.Meter(examples_per_step=config.input.batch_size, step_fn=step_fn)
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=repl)
 
@@ -370,12 +427,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
           last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
+          last_metrics.update(meter(step))
           writer.train_scalars(step, last_metrics, console=("loss/total_g", "loss/l1", "loss/lpips",
-                                                            "loss/commit", "loss/d"))
+                                                            "loss/commit", "loss/d",
+                                                            "throughput/images_per_s"))
         if save_now:
           ckpt.save(step, state, meta=loop.run_meta(config, step, mesh),
                     data_state=checkpointing.gather_process_states(data.get_state()),
                     force=preempted or final)
+          meter.mark(step)  # checkpoint time is not training time
         if loop.itstime(step, config.eval.every_steps, total, last=final and not preempted):
           with writer.timed("eval"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             last_eval, shown = evaluate(state, parts, eval_fn, config, batch_sh, lp_params)
@@ -386,6 +446,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 shown["x"][:k], shown["rec"][:k],
                 None if config.model.dense else shown["scores"][:k],
                 None if config.model.dense else shown["mask"][:k])})
+          meter.mark(step)
         if preempted:
           logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
           break

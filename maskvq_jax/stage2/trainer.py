@@ -48,6 +48,7 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.core import loop
+from maskvq_jax.core import throughput
 from maskvq_jax.data import runs as ckpt_loader
 from maskvq_jax.evaluation import recon
 from maskvq_jax.models import text_encoder as text_lib
@@ -171,8 +172,8 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError("model.null_class=True needs model.n_classes > 0")
   if not 0.0 <= m.cond_dropout < 1.0:
     raise ValueError(f"model.cond_dropout={m.cond_dropout} must be in [0, 1)")
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype={config.compute_dtype!r}; choose one of {sorted(DTYPES)}")
+  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
+  loop.check_grad_accum(config, div)
   if not 0.0 <= config.param_ema < 1.0:
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if config.optim.schedule not in ("warmup_cosine", "constant"):
@@ -221,7 +222,7 @@ def build(config, tokenizer) -> Parts:
   tx = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  dtype = DTYPES[config.compute_dtype]
+  dtype = loop.compute_dtype(config)  # "auto": bf16 on TPU/GPU, float32 on CPU
   te = config.text_encoder
   text = (text_lib.ByteTextEncoder(max_len=config.input.text_len, d_model=te.d_model,
                                    n_heads=te.n_heads, n_layers=te.n_layers, dropout=te.dropout,
@@ -286,9 +287,17 @@ def train_step(state: TrainState, batch, tok_vars, *, parts: Parts):
   cfg = parts.cfg
   rng = jax.random.fold_in(state.rng, state.step)
   trainable = {"model": state.params, "text": state.text_params}
-  (loss, aux), grads = jax.value_and_grad(
-      lambda t: _loss_and_metrics(t, batch, tok_vars, parts, rng, train=True), has_aux=True)(
-          trainable)
+  grad_fn = jax.value_and_grad(
+      lambda t, b, r: _loss_and_metrics(t, b, tok_vars, parts, r, train=True), has_aux=True)
+  n = loop.grad_accum_steps(cfg)
+  if n == 1:
+    (loss, aux), grads = grad_fn(trainable, batch, rng)
+  else:  # mean of n micro-batch gradients == the batch's (losses are means); dropout keys per micro
+    def micro(c, mb, i):
+      (l, a), g = grad_fn(trainable, mb, jax.random.fold_in(rng, i))
+      return c, (g, {"loss": l, **a})
+    _, grads, aux = loop.accumulate(micro, (), loop.microbatches(batch, n), n)
+    loss = aux.pop("loss")
   if cfg.debug_inject_nan_step >= 0:  # fault injection for the NaN guard's test
     loss = loss * jnp.where(state.step + 1 == cfg.debug_inject_nan_step, jnp.nan, 1.0)
   updates, opt_state = parts.tx.update(grads, state.opt_state, trainable)
@@ -445,9 +454,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    state_sh, check=_resume_check(config, tok_info))
   first = int(jax.device_get(state.step))
 
-  step_fn = jax.jit(functools.partial(train_step, parts=parts),
-                    in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                    donate_argnums=(0,))
+  step_fn = throughput.CountedStep(jax.jit(  # compiled once, ahead of time, with its FLOP count
+      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
+      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+  meter = throughput.Meter(examples_per_step=config.input.batch_size,
+                           tokens_per_example=parts.num_tokens, step_fn=step_fn)
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=repl)
   sampler = make_sampler(parts, mesh, rules, state_sh) if config.sample.every_steps else None
@@ -499,20 +510,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if save_now or loop.itstime(step, config.log_every_steps, total):
           fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
+          last_metrics.update(meter(step))
           writer.train_scalars(step, last_metrics, console=("loss", "loss/code_loss",
-                                                            "loss/position_loss"))
+                                                            "loss/position_loss",
+                                                            "throughput/tokens_per_s"))
         if save_now:
           ckpt.save(step, state, meta=_run_meta(config, step, mesh, tok_info),
                     data_state=checkpointing.gather_process_states(data.get_state()),
                     force=preempted or final)
+          meter.mark(step)  # checkpoint time is not training time
         if config.eval.every_steps > 0 and loop.itstime(step, config.eval.every_steps, total,
                                                          last=final and not preempted):
           with writer.timed("eval"):
             last_eval = run_eval(step)
+          meter.mark(step)
         if sampler is not None and loop.itstime(step, config.sample.every_steps, total,
                                                  last=final and not preempted):
           with writer.timed("sample"):
             run_samples(step)
+          meter.mark(step)
         if preempted:
           logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
           break

@@ -1,0 +1,58 @@
+"""The persistent XLA compilation cache: where it lives and when `main` turns it on.
+
+`config.compile_cache_dir`:
+  "auto" (default)  `$MASKVQ_CACHE/xla`, else `~/.cache/maskvq_jax/xla`; a cache directory already
+                    given to JAX (JAX_COMPILATION_CACHE_DIR) is kept
+  ""                off
+  anything else     that directory (local, or a URL such as gs://bucket/xla shared by all hosts)
+
+Restarted and requeued runs then load their train / eval steps instead of compiling them again.
+JAX writes entries from process 0 only and keys them by HLO, devices, flags and versions.
+
+Off in multi-process runs on CPU (several processes on one machine, gloo collectives, as in
+launch/local_multiprocess.sh and tests/test_multiprocess.py): one process loading a step from the
+cache while the other still compiles it reaches the first collective tens of seconds earlier, and
+gloo's fixed 30 s context set-up then fails (seen in that test). Accelerator runs are not affected
+(their collectives wait), and single-process CPU runs are safe.
+"""
+import os
+from typing import Optional
+
+from absl import logging
+import jax
+
+
+def cache_dir(value: str, environ=None) -> Optional[str]:
+  """`config.compile_cache_dir` -> the directory to use, or None for off."""
+  environ = os.environ if environ is None else environ
+  if not value:
+    return None
+  if value == "auto":
+    root = environ.get("MASKVQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                       "maskvq_jax")
+    return root.rstrip("/") + "/xla"
+  return value if "://" in value else os.path.expanduser(value)
+
+
+def enable(value: str, *, platform: Optional[str] = None,
+           process_count: Optional[int] = None) -> Optional[str]:
+  """Points JAX's persistent cache at `cache_dir(value)` (see the module docstring for when not).
+
+  Returns the directory in use, or None.
+  """
+  platform = platform or jax.default_backend()
+  process_count = jax.process_count() if process_count is None else process_count
+  if platform == "cpu" and process_count > 1:
+    if jax.config.jax_compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", None)
+    logging.info("persistent compilation cache off: %d CPU processes (gloo collectives)",
+                 process_count)
+    return None
+  if value == "auto" and jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir  # set by the user (JAX_COMPILATION_CACHE_DIR)
+  path = cache_dir(value)
+  if path is None:
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  logging.info("persistent compilation cache: %s", path)
+  return path
