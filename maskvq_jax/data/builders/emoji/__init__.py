@@ -1,1 +1,1 @@
-"""Noto Color Emoji glyphs as object-centric RGB images (offline, OFL): glyph table and TFDS builder."""
+"""Noto Color Emoji glyphs as object-centric RGB images (offline, OFL): glyph table, TFDS builder."""
