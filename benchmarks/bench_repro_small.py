@@ -11,7 +11,8 @@ by the other processes, CPU seconds much less. The quickstart's stage-1 config i
 same way as a calibration point, since its idle 2-core wall time is known (README: 600 steps in
 239 s, 0.40 s/step including its share of start-up and evaluation); `idle_estimate_s` =
 CPU s/step x (0.40 / quickstart CPU s/step) x steps. Sampling (images/s) of both stage-2 models
-is measured after one compiling batch. Prints one JSON line.
+is measured after one compiling batch, and the FID InceptionV3's time per image for the
+evaluation estimate. Prints one JSON line.
 """
 import argparse
 import json
@@ -62,6 +63,23 @@ def sampling_rate(workdir, num=16):
           "cpu_s_two_batches": _cpu() - c}
 
 
+def inception_rate(batch=32):
+  """CPU and wall seconds per image of the FID InceptionV3 on 32 px images (after compiling):
+  the evaluation's main cost (reals + reconstructions per tokenizer, samples per stage-2 run)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.evaluation import features  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.tools import fetch_weights  # pylint: disable=import-outside-toplevel
+  params = fetch_weights.inception_params()
+  fn = jax.jit(features.inception_pool3)
+  x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+  jax.block_until_ready(fn(params, x))
+  w, c = time.perf_counter(), _cpu()
+  jax.block_until_ready(fn(params, x))
+  return {"wall_s_per_image": (time.perf_counter() - w) / batch,
+          "cpu_s_per_image": (_cpu() - c) / batch}
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--steps", type=int, default=5)
@@ -99,6 +117,7 @@ def main():
       return c
     out["stage2"][name], wd = per_step(make, root, name, args.steps)
     out["sampling"][name] = sampling_rate(wd)
+  out["inception"] = inception_rate()
   scale = QUICKSTART_IDLE_S_PER_STEP / out["quickstart"]["cpu_s_per_step"]
   est = {}
   for stage, steps in (("stage1", repro_small.STAGE1_STEPS), ("stage2", repro_small.STAGE2_STEPS)):
@@ -108,6 +127,12 @@ def main():
   out["calibration_idle_per_cpu_s"] = scale
   out["training_idle_estimate_s"] = est
   out["training_idle_estimate_total_s"] = sum(est.values())
+  # evaluation: Inception on reals + reconstructions of the held-out split per tokenizer, and on
+  # as many samples as held-out images per stage-2 model (sampling itself measured above)
+  n_val, n1, n2 = 387, len(pipeline.STAGE1), len(pipeline.STAGE2)
+  inc = out["inception"]["cpu_s_per_image"] * scale * n_val * (2 * n1 + n2)
+  smp = sum(n_val / max(m["images_per_s"], 1e-9) for m in out["sampling"].values())
+  out["evaluation_idle_estimate_s"] = {"inception": inc, "sampling_wall_as_measured": smp}
   line = json.dumps(out)
   if args.out:
     with open(args.out, "w") as f:

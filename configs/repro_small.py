@@ -32,7 +32,7 @@ from configs import stackformer_common
 
 DATASET = "emoji"
 RES = 32
-TRAIN_EXAMPLES = 3578   # emoji train split (NotoColorEmoji 2.042); only sets epochs in the logs
+TRAIN_EXAMPLES = 3539   # emoji train split (NotoColorEmoji 2.042); only sets epochs in the logs
 STAGE1_STEPS = 1500
 STAGE2_STEPS = 1500
 STAGE1_BATCH = 16

@@ -95,6 +95,8 @@ def test_split_is_a_stable_hash_that_keeps_skin_tones_together(table):
   assert all(len(s) == 1 for s in side.values())
   again = glyphs_lib.plan_splits(table, 10.0)
   assert [g.key for g in again["validation"]] == [g.key for g in plan["validation"]]
+  if glyphs_lib.font_info(glyphs_lib.find_font())["font_revision"] == "2.042":  # Debian 12's
+    assert (len(plan["train"]), n_val) == (3539, 387)  # what configs/repro_small.py was sized on
 
 
 def test_a_subset_too_small_for_the_hash_still_gets_both_splits(table):

@@ -16,6 +16,7 @@ checkpoints for the reconstruction grid, the stage-2 `evaluation/samples.npz`, `
   samples.png          Stackformer samples (left) and dense GPT samples (right)
   mask_adaptive.png    the adaptive keep-0.25 scorer's heat maps and kept regions
   reports/             the evaluation reports it read
+(`step_times.json` in `--out`, from benchmarks/bench_repro_small.py, is quoted when present.)
 
 Nothing is recomputed except the reconstruction grid (one small batch per tokenizer), so the
 report can be remade at any time, including from a partly finished root (missing runs: "n/a").
@@ -370,6 +371,11 @@ def write(root: str, out_dir: str) -> dict:
          f"{mach['python']}, jax {mach['jax']}, devices {', '.join(mach['devices'])}.", "",
          "| step | wall s | runs |", "|:---|---:|---:|"]
   md += [f"| {k} | {v['wall_s']:.0f} | {v['runs']} |" for k, v in timings.items()]
+  est = _read_json(os.path.join(out_dir, "step_times.json"))
+  if est and not tiny:
+    md += ["", "Estimate made before the run from measured step times "
+           "(`benchmarks/bench_repro_small.py`, `step_times.json`): training "
+           f"{est['training_idle_estimate_total_s'] / 60:.0f} min on 2 idle cores."]
   md += ["", "Commands (in order; `$ROOT` is the run root, paths relative to the repository):",
          "", "```bash"] + commands + ["```", ""]
   path = files.write_text(os.path.join(out_dir, "README.md"), "\n".join(md))
