@@ -4,7 +4,8 @@ Modules are imported lazily so `main.py` only loads the trainer it runs.
 """
 import importlib
 
-TRAINERS = {"mqvae": "maskvq_jax.stage1.trainer", "stackformer": "maskvq_jax.stage2.trainer"}
+TRAINERS = {"mqvae": "maskvq_jax.stage1.trainer", "stackformer": "maskvq_jax.stage2.trainer",
+            "dense_gpt": "maskvq_jax.stage2.trainer"}  # the dense baseline: stage2/dense.py
 
 
 def get(name: str):

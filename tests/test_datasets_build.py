@@ -114,7 +114,7 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path, case):
           "no_folder": ["--name", "image_folder/x"]}[case]
   want = {
       "unknown": "error: unknown dataset 'nope/1'; known: shapes/32, shapes/64, shapes/256, "
-                 "image_folder/ffhq, image_folder/<name>, or a TFDS catalog name (imagenet2012, "
+                 "emoji/16, emoji/32, emoji/64, image_folder/ffhq, image_folder/<name>, or a TFDS catalog name (imagenet2012, "
                  "coco_captions, ...)",
       "missing": f"error: image folder {tmp_path / 'missing'} does not exist",
       "empty": f"error: image folder {tmp_path / 'empty'} holds no images (.png .jpg .jpeg .webp "

@@ -1,6 +1,7 @@
 r"""Builds datasets into a TFDS data_dir as ArrayRecord, the format the input pipeline reads.
 
   python -m maskvq_jax.data.build --name shapes/32 --data_dir ~/tensorflow_datasets
+  python -m maskvq_jax.data.build --name emoji/32   # needs: apt-get install fonts-noto-color-emoji
   python -m maskvq_jax.data.build --name image_folder/ffhq --folder /data/ffhq/images1024x1024
   python -m maskvq_jax.data.build --name image_folder/custom --folder /data/my_images
   # TFDS catalog datasets, written as ArrayRecord (the `tfds` CLI of TFDS 4.9 needs apache-beam
@@ -8,7 +9,7 @@ r"""Builds datasets into a TFDS data_dir as ArrayRecord, the format the input pi
   python -m maskvq_jax.data.build --name imagenet2012 --manual_dir /data/imagenet_tars
   python -m maskvq_jax.data.build --name coco_captions
 
-User errors (unknown name, missing or empty folder, a folder too small for both splits, a dataset
+User errors (unknown name, missing or empty folder, emoji font not installed, a folder too small for both splits, a dataset
 already prepared as TFRecord) print `error: ...` and exit 2; a build that fails leaves no new
 directory behind in the data_dir. Flag mistakes are reported before TFDS is imported.
 """
@@ -17,7 +18,7 @@ from etils import epath
 
 from maskvq_jax.core import cli
 
-_NAME = flags.DEFINE_string("name", "shapes/32", "shapes/<32|64|256>, image_folder/<ffhq|name>, or "
+_NAME = flags.DEFINE_string("name", "shapes/32", "shapes/<32|64|256>, emoji/<16|32|64>, image_folder/<ffhq|name>, or "
                             "a TFDS catalog name (imagenet2012, coco_captions, ...).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: ~/tensorflow_datasets).")
 _FOLDER = flags.DEFINE_string("folder", "", "Image folder (image_folder/* only).")
@@ -80,6 +81,8 @@ def prepare(name: str, *, data_dir=None, folder: str = "", resize: int = 256,
     _check_manual_dir(name, b, manual_dir)
   elif name.startswith("image_folder"):
     image_folder.plan_splits(b.builder_config)  # refuses a bad folder before anything is written
+  elif name.startswith("emoji"):
+    b.glyph_splits()  # refuses a missing font (with the install command) before anything is written
   new = _missing_dirs(b)
   try:
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)

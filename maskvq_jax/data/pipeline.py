@@ -69,8 +69,8 @@ def get_source(inp, split: str, num_examples: Optional[int] = None):
 def tfds_source(name: str, split: str, *, data_dir: str = "", folder: str = ""):
   """Random-access TFDS source of `split` (images left encoded), for training and evaluation.
 
-  Our datasets (shapes/*, image_folder/*) come from `data/builders`; shapes are built on first use,
-  folders must be built first. Catalog datasets must be prepared as ArrayRecord. Every refusal is a
+  Our datasets (shapes/*, emoji/*, image_folder/*) come from `data/builders`; shapes and emoji
+  (from the installed font) are built on first use, folders must be built first. Catalog datasets must be prepared as ArrayRecord. Every refusal is a
   one-line ValueError / FileNotFoundError naming the dataset and what to run.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
@@ -84,10 +84,10 @@ def tfds_source(name: str, split: str, *, data_dir: str = "", folder: str = ""):
       raise FileNotFoundError(f"dataset {name} is not prepared in {b.data_dir_root}; build it "
                               f"as ArrayRecord: {formats.rebuild_command(name, b)} (see README)")
   elif not registry.is_prepared(b):
-    if not name.startswith("shapes"):
+    if not name.startswith(("shapes", "emoji")):
       raise FileNotFoundError(f"{name} is not built in {b.data_dir_root}; run "
                               f"{formats.rebuild_command(name, b)}")
-    logging.info("building %s into %s (procedural, offline)", name, b.data_dir)
+    logging.info("building %s into %s (offline)", name, b.data_dir)
     b.download_and_prepare()
   b = formats.random_access_builder(b, name)  # a TFRecord-only dataset: one line, with the fix
   return b.as_data_source(split=split, decoders=decoders)

@@ -12,8 +12,8 @@ Layouts recognised by `describe(path)`:
   * "tokenizer": a tokenizer_io directory (steps holding `variables` + `meta`), or
     `<workdir>/tokenizer/` holding one;
   * "stage1": `<workdir>/checkpoints/` whose meta.config.trainer == "mqvae";
-  * "stage2": `<workdir>/checkpoints/` whose meta.config.trainer is "stackformer" (see
-    `load_stage2` for the fields it expects).
+  * "stage2": `<workdir>/checkpoints/` whose meta.config.trainer is "stackformer" or "dense_gpt"
+    (see `load_stage2` for the fields it expects).
 """
 import dataclasses
 from typing import Any, Optional
@@ -27,10 +27,11 @@ import orbax.checkpoint as ocp
 from maskvq_jax.models import mqvae as mqvae_lib
 from maskvq_jax.data import tokenizer as tokenizer_io
 from maskvq_jax.core import files
+from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.mqvae import MQVAE
 from maskvq_jax.models.stackformer import Stackformer
 
-STAGE2_TRAINERS = ("stackformer",)
+STAGE2_TRAINERS = ("stackformer", "dense_gpt")
 TOKENIZER_KEYS = ("tokenizer", "tokenizer_dir", "stage1_workdir")  # stage-2 config fields
 
 
@@ -170,7 +171,7 @@ def stage2_tokenizer_path(loc: Located) -> str:
 
 
 def load_stage2(path: str, step: Optional[int] = None):
-  """(Stackformer, {"params": ...}, info) of a stage-2 workdir.
+  """(Stackformer or DenseGPT, {"params": ...}, info) of a stage-2 workdir.
 
   Expected layout (to be confirmed by the stage-2 trainer): `<workdir>/checkpoints/<step>/` with
   `meta.config.trainer == "stackformer"`, `meta.config.model` = Stackformer kwargs, a tokenizer
@@ -184,17 +185,23 @@ def load_stage2(path: str, step: Optional[int] = None):
   if "model" not in config:
     raise ValueError(f"stage-2 checkpoint {loc.path}: meta config has no 'model' (Stackformer "
                      "kwargs)")
-  model = Stackformer(**_model_kwargs(config["model"]))
   tok = jnp.zeros((1, 2), jnp.int32)
-  text = {}
-  if model.text_dim:  # text models need (dummy) text features to trace their init
-    text = dict(text=jnp.zeros((1, 1, model.text_dim)), text_mask=jnp.ones((1, 1), bool))
-  abstract = nn.meta.unbox(jax.eval_shape(
-      lambda: model.init(jax.random.key(0), tok, tok, tok, **text)))
+  if config.get("trainer") == "dense_gpt":
+    from maskvq_jax.stage2 import dense  # pylint: disable=import-outside-toplevel
+    model = DenseGPT(**dense.model_kwargs(config["model"]))
+    abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), tok)))
+  else:
+    model = Stackformer(**_model_kwargs(config["model"]))
+    text = {}
+    if model.text_dim:  # text models need (dummy) text features to trace their init
+      text = dict(text=jnp.zeros((1, 1, model.text_dim)), text_mask=jnp.ones((1, 1), bool))
+    abstract = nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), tok, tok, tok, **text)))
   use_ema = float(config.get("param_ema", 0.0) or 0.0) > 0
   key = "ema_params" if use_ema else "params"
   state = _partial_restore(loc.path, loc.step, {key: _single_device(abstract["params"])})
   info = {"kind": "stage2", "step": loc.step, "path": loc.path,
-          "tokenizer": stage2_tokenizer_path(loc), "n_classes": int(model.n_classes),
-          "text_dim": int(model.text_dim)}
+          "tokenizer": stage2_tokenizer_path(loc), "trainer": config.get("trainer"),
+          "n_classes": int(getattr(model, "n_classes", 0)),
+          "text_dim": int(getattr(model, "text_dim", 0))}
   return model, {"params": state[key]}, info

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.evaluation import features
@@ -39,13 +40,15 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
   """Draws `num_images` images; returns (uint8 [num_images, H, W, 3], timing dict).
 
   Args:
-    stackformer, stackformer_variables: the stage-2 model and its {"params": ...}.
+    stackformer, stackformer_variables: the stage-2 model (a Stackformer, or the DenseGPT
+      baseline on a dense tokenizer) and its {"params": ...}.
     tokenizer, tokenizer_variables: the frozen MQVAE and its variables.
     config: sampler settings; `config.steps` must equal the tokenizer's tokens per image.
     num_images: images to return. batch_size: global batch per sampling call (a multiple of the
       number of devices). seed: base PRNG seed.
   """
-  if stackformer.text_dim:
+  dense = isinstance(stackformer, DenseGPT)
+  if not dense and stackformer.text_dim:
     raise ValueError("text-conditional Stackformers need captions; evaluate them with --samples "
                      "drawn by your own captions")
   if config.steps != tokenizer.num_tokens:
@@ -72,13 +75,17 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
   for b in range(n_batches):
     t0 = time.perf_counter()
     labels = None
-    if stackformer.n_classes:
+    if not dense and stackformer.n_classes:
       labels = jax.device_put(
           (np.arange(b * batch_size, (b + 1) * batch_size) % stackformer.n_classes).astype(np.int32),
           batch_sh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      s = sampling.sample(stackformer, sf_vars, jax.random.fold_in(key, b), config, labels=labels,
-                          batch_size=None if labels is not None else batch_size)
+      if dense:
+        s = sampling.sample_dense(stackformer, sf_vars, jax.random.fold_in(key, b), config,
+                                  batch_size=batch_size)
+      else:
+        s = sampling.sample(stackformer, sf_vars, jax.random.fold_in(key, b), config,
+                            labels=labels, batch_size=None if labels is not None else batch_size)
       codes = jax.device_put(s.codes, batch_sh)
       positions = jax.device_put(s.positions, batch_sh)
       jax.block_until_ready((codes, positions))

@@ -15,6 +15,7 @@ Conventions (same as the trainer's eval, `maskvq_jax/evaluation/step_metrics.py`
 from typing import Any, Callable
 
 import dm_pix
+import jax
 import jax.numpy as jnp
 
 from maskvq_jax.evaluation import features
@@ -43,7 +44,8 @@ def make_recon_fn(model, metrics: set[str], lpips_module=None) -> Callable[[Any,
 
   def fn(params, batch):
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0
-    rec, aux = model.apply(params["tokenizer"], x, train=False)
+    # a fixed key: the random-mask ablation (scorer="random") draws its scores from it
+    rec, aux = model.apply(params["tokenizer"], x, train=False, rngs={"mask": jax.random.key(0)})
     rec = jnp.clip(rec.astype(jnp.float32), -1.0, 1.0)
     out = {}
     x01, r01 = (x + 1.0) / 2.0, (rec + 1.0) / 2.0

@@ -322,7 +322,8 @@ def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   x = batch["image"].astype(jnp.float32) / 127.5 - 1.0
   params = state.ema_params if state.ema_params is not None else state.params["g"]
   rec, aux = parts.model.apply({"params": params, "batch_stats": state.batch_stats["g"],
-                                "vq_stats": state.vq_stats}, x, train=False)
+                                "vq_stats": state.vq_stats}, x, train=False,
+                               rngs={"mask": jax.random.key(0)})  # scorer="random" draws from it
   rec = rec.astype(jnp.float32)
   dist = parts.lpips(lpips_params, x, jnp.clip(rec, -1, 1)) if lpips_params is not None else None
   sums = metrics_lib.reconstruction_sums(x, rec, lpips_dist=dist)

@@ -406,15 +406,20 @@ def _sample_dense(params, rng, *, model: DenseGPT, config: SamplerConfig, batch_
   return SampleOutput(codes, positions, logits, None)
 
 
-def sample_dense(model: DenseGPT, params, rng, config: SamplerConfig, *, batch_size: int,
-                 return_logits: bool = False) -> SampleOutput:
-  """Raster-order sampling of config.steps codes (positions are 0..K-1); code filters only."""
+def validate_dense_sampling(model: DenseGPT, config: SamplerConfig, *, batch_size: int) -> int:
+  """Checks dense-GPT sampling settings without tracing anything; returns the batch size."""
   _check_common(config, model.codebook_size, model.block_size)
   defaults = SamplerConfig(steps=config.steps)
   for name in ("position_temperature", "position_top_k", "position_top_p", "force_raster_order",
                "guidance_scale"):
     if getattr(config, name) != getattr(defaults, name):
       raise ValueError(f"{name}={getattr(config, name)!r} does not apply to the dense GPT")
-  b = _batch_size(batch_size)
+  return _batch_size(batch_size)
+
+
+def sample_dense(model: DenseGPT, params, rng, config: SamplerConfig, *, batch_size: int,
+                 return_logits: bool = False) -> SampleOutput:
+  """Raster-order sampling of config.steps codes (positions are 0..K-1); code filters only."""
+  b = validate_dense_sampling(model, config, batch_size=batch_size)
   return _sample_dense(params, rng, model=model, config=config, batch_size=b,
                        return_logits=return_logits)

@@ -1,5 +1,8 @@
 """Stage-2 trainer: the Stackformer prior on a FROZEN tokenizer's (code, position) tokens.
 
+`config.trainer = "dense_gpt"` trains the dense raster GPT baseline on a dense tokenizer's codes
+with everything else identical (`stage2/dense.py`).
+
 The tokenizer is restored from a stage-1 workdir (or tokenizer directory) named by
 `config.tokenizer`, reading only what encoding needs (eval/EMA params, scorer BatchNorm statistics,
 EMA codebook) through `evaluation.checkpoints.load_tokenizer`'s partial restore. Its model config
@@ -43,6 +46,7 @@ from maskvq_jax.core import files
 from maskvq_jax.core import resume_guard
 from maskvq_jax.core import workdir_lock
 from maskvq_jax.data import pipeline as input_pipeline
+from maskvq_jax.stage2 import dense as dense_lib
 from maskvq_jax.stage2 import losses as losses_stage2
 from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
@@ -52,6 +56,7 @@ from maskvq_jax.core import throughput
 from maskvq_jax.data import runs as ckpt_loader
 from maskvq_jax.evaluation import recon
 from maskvq_jax.models import text_encoder as text_lib
+from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
 
 DTYPES = loop.DTYPES
@@ -72,7 +77,7 @@ class TrainState:
 class Parts:
   """Everything static the steps close over."""
   cfg: ml_collections.ConfigDict   # the resolved config
-  model: Stackformer
+  model: Any                       # Stackformer, or DenseGPT for trainer "dense_gpt"
   text: Optional[text_lib.ByteTextEncoder]
   tokenizer: Any                   # MQVAE (frozen)
   tx: optax.GradientTransformation
@@ -97,9 +102,14 @@ def load_tokenizer(config):
     model, variables, info = ckpt_loader.load_tokenizer(path, None if step < 0 else step)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"config.tokenizer={path!r}: {e}") from e
-  if model.dense:
+  if model.dense and not dense_lib.is_dense(config):
     raise ValueError(f"config.tokenizer={path!r} is a dense VQGAN (dense=True); the Stackformer "
-                     "needs a masked MQ-VAE tokenizer (train the dense GPT baseline instead)")
+                     "needs a masked MQ-VAE tokenizer (train the dense GPT baseline instead: "
+                     f"config.trainer={dense_lib.TRAINER!r})")
+  if dense_lib.is_dense(config) and not model.dense:
+    raise ValueError(f"config.trainer={dense_lib.TRAINER!r} needs a dense tokenizer (dense=True), "
+                     f"but config.tokenizer={path!r} is an MQ-VAE keeping {model.num_tokens} of "
+                     f"{model.grid ** 2} tokens")
   return model, variables, dict(info, path=path)
 
 
@@ -122,6 +132,8 @@ def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
       raise ValueError(f"config.expect.{name}={exp} but {where} has {name}={want}")
   if m.n_classes < 0:
     raise ValueError(f"model.n_classes={m.n_classes} must be >= 0")
+  if dense_lib.is_dense(c):
+    dense_lib.check_config(c, where)
   vocab = (m.n_classes + cb + int(m.null_class)) if m.n_classes else cb + 1
   derived = {"vocab_size": vocab, "position_size": n_pos + 1}
   for name, want in derived.items():
@@ -180,7 +192,11 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; choose warmup_cosine or constant")
   if loop.total_steps(config) < 1:
     raise ValueError("total_steps (or total_epochs) gives no training step")
-  if config.sample.every_steps:
+  if config.sample.every_steps and dense_lib.is_dense(config):
+    sampling.validate_dense_sampling(
+        DenseGPT(**dense_lib.model_kwargs(config.model)),
+        dense_lib.sampler_config(config, num_tokens or 1), batch_size=config.sample.num)
+  elif config.sample.every_steps:
     s = config.sample
     sampling.validate_stackformer_sampling(
         Stackformer(**_model_kwargs(config)), _sampler_config(config, num_tokens or 1),
@@ -227,8 +243,12 @@ def build(config, tokenizer) -> Parts:
   text = (text_lib.ByteTextEncoder(max_len=config.input.text_len, d_model=te.d_model,
                                    n_heads=te.n_heads, n_layers=te.n_layers, dropout=te.dropout,
                                    dtype=dtype) if te.enabled else None)
-  return Parts(cfg=config, model=Stackformer(**_model_kwargs(config), dtype=dtype), text=text,
-               tokenizer=tokenizer, tx=tx, lr=lr, total_steps=steps)
+  if dense_lib.is_dense(config):
+    model = DenseGPT(**dense_lib.model_kwargs(config.model), dtype=dtype)
+  else:
+    model = Stackformer(**_model_kwargs(config), dtype=dtype)
+  return Parts(cfg=config, model=model, text=text, tokenizer=tokenizer, tx=tx, lr=lr,
+               total_steps=steps)
 
 
 def create_state(rng, parts: Parts) -> TrainState:
@@ -241,7 +261,10 @@ def create_state(rng, parts: Parts) -> TrainState:
     text_params = parts.text.init(k_text, ids, ids != text_lib.PAD_ID)["params"]
     kw = dict(text=jnp.zeros((2, parts.cfg.input.text_len, parts.model.text_dim)),
               text_mask=jnp.ones((2, parts.cfg.input.text_len), bool))
-  params = parts.model.init(k_model, tok, tok, tok, **kw)["params"]
+  if isinstance(parts.model, DenseGPT):
+    params = parts.model.init(k_model, tok)["params"]
+  else:
+    params = parts.model.init(k_model, tok, tok, tok, **kw)["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, text_params=text_params,
       opt_state=parts.tx.init({"model": params, "text": text_params}),
@@ -263,6 +286,9 @@ def tokens_of(batch, tok_vars, parts: Parts, rng):
 def _loss_and_metrics(trainable, batch, tok_vars, parts: Parts, rng, *, train: bool):
   k_tok, k_drop = jax.random.split(rng)
   codes, positions = tokens_of(batch, tok_vars, parts, k_tok)
+  if isinstance(parts.model, DenseGPT):
+    return dense_lib.loss_and_metrics(parts.model, trainable["model"], codes, positions, k_drop,
+                                      train=train)
   labels = batch["label"] if parts.model.n_classes else None
   seq = split_sequences(*make_sequences(parts.model, codes, positions, labels=labels, sort=True))
   kw = {}
@@ -326,7 +352,7 @@ def eval_step(state: TrainState, batch, tok_vars, *, parts: Parts):
 def sample_conditions(parts: Parts, num: int):
   """Fixed conditions of the periodic grids: labels (classes cycled) or prompts (cycled)."""
   cfg = parts.cfg
-  if parts.model.n_classes:
+  if getattr(parts.model, "n_classes", 0):
     return {"labels": np.arange(num, dtype=np.int32) % parts.model.n_classes}
   if parts.text is not None:
     prompts = [p for p in cfg.sample.prompts.split("|") if p.strip()] or ["a photo"]
@@ -339,7 +365,9 @@ def sample_conditions(parts: Parts, num: int):
 def make_sampler(parts: Parts, mesh, rules, state_sh):
   """fn(state, tok_vars, rng, conds) -> uint8 images [num, H, W, 3] (global array)."""
   cfg = parts.cfg
-  scfg = _sampler_config(cfg, parts.num_tokens)
+  dense = isinstance(parts.model, DenseGPT)
+  scfg = (dense_lib.sampler_config(cfg, parts.num_tokens) if dense
+          else _sampler_config(cfg, parts.num_tokens))
   batch_sh = sharding_lib.batch_sharding(mesh, rules)
   repl = sharding_lib.replicated(mesh)
   num = cfg.sample.num
@@ -365,7 +393,10 @@ def make_sampler(parts: Parts, mesh, rules, state_sh):
     else:
       kw["batch_size"] = num
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      s = sampling.sample(parts.model, {"params": params}, rng, scfg, **kw)
+      if dense:
+        s = dense_lib.sample(parts.model, {"params": params}, rng, scfg, num)
+      else:
+        s = sampling.sample(parts.model, {"params": params}, rng, scfg, **kw)
       return decode_fn(tok_vars, jax.device_put(s.codes, batch_sh),
                        jax.device_put(s.positions, batch_sh)), s
   return run

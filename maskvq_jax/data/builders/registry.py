@@ -1,4 +1,5 @@
-"""Name -> TFDS builder for our own datasets (shapes/*, image_folder/*); others use the catalog.
+"""Name -> TFDS builder for our own datasets (shapes/*, emoji/*, image_folder/*); others use the
+catalog.
 
 A dataset already prepared in the data_dir is opened in the format it was written in (so a
 TFRecord build is reported as such by `pipeline.require_random_access`, not as a TFDS error about
@@ -8,12 +9,14 @@ import contextlib
 
 from absl import logging
 
+from maskvq_jax.data.builders.emoji import emoji
 from maskvq_jax.data.builders.image_folder import image_folder
 from maskvq_jax.data.builders.shapes import shapes
 
 SHAPES_CONFIGS = tuple(c.name for c in shapes.Shapes.BUILDER_CONFIGS)
-KNOWN = tuple(f"shapes/{c}" for c in SHAPES_CONFIGS) + ("image_folder/ffhq",
-                                                        "image_folder/<name>")
+EMOJI_CONFIGS = tuple(c.name for c in emoji.Emoji.BUILDER_CONFIGS)
+KNOWN = (tuple(f"shapes/{c}" for c in SHAPES_CONFIGS) + tuple(f"emoji/{c}" for c in EMOJI_CONFIGS)
+         + ("image_folder/ffhq", "image_folder/<name>"))
 
 
 def known_names() -> str:
@@ -21,7 +24,7 @@ def known_names() -> str:
 
 
 def is_ours(name: str) -> bool:
-  return name.partition("/")[0] in ("shapes", "image_folder")
+  return name.partition("/")[0] in ("shapes", "emoji", "image_folder")
 
 
 @contextlib.contextmanager
@@ -63,7 +66,8 @@ def catalog_builder(name: str, *, data_dir=None, file_format=None):
 def builder(name: str, *, data_dir=None, folder: str = "", resize: int = 256):
   """A builder for our datasets; None for catalog names such as imagenet2012.
 
-  Raises ValueError (naming the known ones) for an unknown shapes/* or image_folder/* config.
+  Raises ValueError (naming the known ones) for an unknown shapes/*, emoji/* or image_folder/*
+  config.
   """
   family, _, cfg = name.partition("/")
   kw = lambda fmt: {"data_dir": data_dir or None, **({"file_format": fmt} if fmt else {})}
@@ -72,6 +76,11 @@ def builder(name: str, *, data_dir=None, folder: str = "", resize: int = 256):
     if cfg not in SHAPES_CONFIGS:
       raise ValueError(f"unknown dataset {name!r}; known: {known_names()}")
     return _open(lambda fmt: shapes.Shapes(config=cfg, **kw(fmt)))
+  if family == "emoji":
+    cfg = cfg or "32"
+    if cfg not in EMOJI_CONFIGS:
+      raise ValueError(f"unknown dataset {name!r}; known: {known_names()}")
+    return _open(lambda fmt: emoji.Emoji(config=cfg, **kw(fmt)))
   if family == "image_folder":
     cfg = cfg or "custom"
     if not cfg.replace("_", "").replace("-", "").isalnum():
