@@ -59,7 +59,8 @@ CASES = [
      "error: --mesh='data=x': 'data=x' is not name=<positive int>"),
     # ----- dataset builder (both module paths); flag checks come before TFDS is imported
     ("maskvq_jax.data.build", "--name nosuchdataset --data_dir {t}/out",
-     "error: unknown dataset 'nosuchdataset'; known: shapes/32, shapes/64, shapes/256, "
+     "error: unknown dataset 'nosuchdataset'; known: shapes/32, shapes/64, shapes/256, emoji/16, "
+     "emoji/32, emoji/64, "
      "image_folder/ffhq, image_folder/<name>, or a TFDS catalog name (imagenet2012, "
      "coco_captions, ...)"),
     ("maskvq_jax.datasets.build", "--name shapes/33 --data_dir {t}/out",
