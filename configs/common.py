@@ -41,6 +41,9 @@ ARG_CHECKS = {
     "layers": _at_least(1),
     "fsdp": _at_least(1),
     "model": _at_least(1),
+    "stage": ("1 or 2", lambda v: v in (1, 2)),  # configs/repro_small.py
+    "down": ("2 or 4", lambda v: v in (2, 4)),   # configs/repro_small.py: downsampling factor
+    "gpt": _choice("stackformer", "dense"),      # configs/repro_small.py: the stage-2 model
 }
 _TYPE_WORDS = {bool: "true or false", int: "an int", float: "a float", str: "a string"}
 

@@ -183,7 +183,7 @@ def test_config_argument_checks_cover_every_config():
                and not isinstance(v, (bool, str))}
   assert unchecked == set(), f"numeric config arguments without a range: {unchecked}"
   free_strings = {k for k, v in seen.items() if isinstance(v, str) and k not in common.ARG_CHECKS}
-  assert free_strings == {"folder", "tokenizer"}  # paths: any string
+  assert free_strings == {"folder", "tokenizer", "data_dir"}  # paths: any string
 
 
 @pytest.mark.parametrize("arg,message", [
