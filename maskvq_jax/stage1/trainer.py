@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import resume_guard
 from maskvq_jax.core import workdir_lock
@@ -364,7 +365,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
-  validate_config(config, jax.device_count())
+  with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
+    validate_config(config, jax.device_count())
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.get_rules(config.sharding_rules)

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import resume_guard
 from maskvq_jax.core import workdir_lock
@@ -445,8 +446,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
 
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
-  config = resolve_config(config, tokenizer)
-  validate_config(config, jax.device_count(), tokenizer.num_tokens)
+  with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
+    config = resolve_config(config, tokenizer)
+    validate_config(config, jax.device_count(), tokenizer.num_tokens)
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   if config.input.tokens_dir:
     meta = stage2_data.tokens_meta(config.input.tokens_dir)
