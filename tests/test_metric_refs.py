@@ -227,8 +227,8 @@ class _FixedReconstruction:
   """Stand-in tokenizer for `recon.make_recon_fn`: returns the reconstruction it is given."""
   dense = True
 
-  def apply(self, variables, x, train):
-    del x, train
+  def apply(self, variables, x, train, rngs=None):  # rngs: the random scorer's fixed key
+    del x, train, rngs
     return variables["rec"], {}
 
 
