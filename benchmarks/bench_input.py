@@ -18,11 +18,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from maskvq_jax.core import sharding as sharding_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from maskvq_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
+from maskvq_jax.core import sharding as sharding_lib
+from maskvq_jax.data import pipeline
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def load_config(spec: str, sets: list[str]):
@@ -62,7 +64,8 @@ def _rate(it, batches, warmup, batch, block):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--config", default="configs/quickstart.py")
   ap.add_argument("--set", action="append", default=[], help="key=value override (repeatable)")
   ap.add_argument("--batches", type=int, default=50)

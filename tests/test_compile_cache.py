@@ -59,7 +59,8 @@ def test_entries_are_written_then_read_by_a_new_process(tmp_path):
       f"assert compile_cache.enable({path!r}) == {path!r}\n"
       "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
       "jax.config.update('jax_log_compiles', True)\n"  # logs cache hits as warnings
-      "jax.jit(lambda x: jnp.sin(x) * 3.25 + jnp.cos(x) ** 7)(jnp.arange(13.0)).block_until_ready()\n")
+      "f = jax.jit(lambda x: jnp.sin(x) * 3.25 + jnp.cos(x) ** 7)\n"
+      "f(jnp.arange(13.0)).block_until_ready()\n")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.pop("XLA_FLAGS", None)

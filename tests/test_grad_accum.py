@@ -11,7 +11,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 import pytest
@@ -132,7 +131,8 @@ def test_stage1_accumulated_step_is_the_mean_of_sequential_microbatches():
       keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(rngs)
       g, stats, d_out, mm, _, _ = trainer1._gan_grads(  # pylint: disable=protected-access
           state.params, stats, x[i::2], keys, df, state.step, None, parts)
-      dg, _ = trainer1._disc_grads(d_out, state.params["d"], df, parts)  # pylint: disable=protected-access
+      dg, _ = trainer1._disc_grads(  # pylint: disable=protected-access
+          d_out, state.params["d"], df, parts)
       gs.append(g), ds.append(dg), l1.append(mm["loss/l1"])
     mean = lambda a, b: jax.tree.map(lambda u, v: (u + v) / 2, a, b)
     g, d = mean(*gs), mean(*ds)
@@ -152,5 +152,5 @@ def test_stage1_accumulated_step_is_the_mean_of_sequential_microbatches():
   _close(new.batch_stats, {"g": stats_ref["g"], "d": stats_ref["d"]}, rtol=1e-5, atol=1e-6)
   # two EMA updates happened (decay 0.99 from zero counts): 0.0199 x tokens, not 0.01 x tokens
   tokens = 8 * int(0.5 * 8 * 8)
-  np.testing.assert_allclose(float(np.sum(np.asarray(new.vq_stats["quantize"]["cluster_size_ema"]))),
-                             (0.01 * 0.99 + 0.01) * tokens / 2, rtol=1e-3)
+  cse = np.asarray(new.vq_stats["quantize"]["cluster_size_ema"])
+  np.testing.assert_allclose(float(np.sum(cse)), (0.01 * 0.99 + 0.01) * tokens / 2, rtol=1e-3)

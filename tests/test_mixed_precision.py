@@ -199,8 +199,8 @@ def test_stage1_bf16_losses_track_float32():
   for a, b in zip(f32[1:], bf16[1:]):
     for key in ("loss/l1", "loss/total_g"):
       np.testing.assert_allclose(b[key], a[key], rtol=0.03, err_msg=key)
-  floats = [x for x in jax.tree.leaves((state.params, state.opt_state, state.vq_stats,
-                                        state.batch_stats)) if jnp.issubdtype(x.dtype, jnp.floating)]
+  leaves = jax.tree.leaves((state.params, state.opt_state, state.vq_stats, state.batch_stats))
+  floats = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
   assert floats and all(x.dtype == jnp.float32 for x in floats)
 
 
@@ -219,8 +219,9 @@ def test_stage2_bf16_losses_track_float32():
   batches = []
   for i in range(3):
     r = np.random.default_rng(i)
+    positions = np.stack([r.permutation(n)[:k] for _ in range(8)]).astype(np.int32)
     batches.append({"codes": r.integers(0, tok.codebook_size, (8, k)).astype(np.int32),
-                    "positions": np.stack([r.permutation(n)[:k] for _ in range(8)]).astype(np.int32)})
+                    "positions": positions})
   f32, _ = _train(lambda: _stage2("float32", tok), batches)
   bf16, state = _train(lambda: _stage2("bfloat16", tok), batches)
   for a, b in zip(f32, bf16):

@@ -72,7 +72,8 @@ def test_bench_input_prints_one_json_line(capsys):
   import json  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(__file__).resolve().parents[1]
-  spec = importlib.util.spec_from_file_location("bench_input", root / "benchmarks" / "bench_input.py")
+  spec = importlib.util.spec_from_file_location("bench_input",
+                                                root / "benchmarks" / "bench_input.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   mod.main(["--config", str(root / "configs" / "quickstart.py") + ":tiny", "--batches", "3",

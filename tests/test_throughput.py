@@ -1,5 +1,4 @@
 """Throughput and MFU (core/throughput.py): FLOP counts, the peak table, rates, trainer metrics."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +125,8 @@ IMAGE_KEYS = {"throughput/steps_per_s", "throughput/images_per_s",
 
 def test_stage1_run_logs_throughput(tmp_path):
   out = trainer1.train(tiny1("steps=3"), str(tmp_path))
-  m = out["train"]
+  m = out["throughput"]  # written to TensorBoard as throughput/*, perf/* (not under train/)
+  assert not any(k.startswith(("throughput/", "perf/")) for k in out["train"])
   assert IMAGE_KEYS <= set(m) and "perf/mfu" not in m
   assert m["throughput/images_per_s"] == pytest.approx(8 * m["throughput/steps_per_s"])
   assert m["throughput/images_per_s_per_device"] == pytest.approx(m["throughput/images_per_s"] / 8)
@@ -136,7 +136,7 @@ def test_stage1_run_logs_throughput(tmp_path):
 def test_stage2_run_logs_tokens_per_s(tmp_path):
   tok_dir = make_stage1_workdir(str(tmp_path / "s1"))
   out = trainer2.train(tiny2(tok_dir, "steps=3"), str(tmp_path / "s2"))
-  m = out["train"]
+  m = out["throughput"]
   assert IMAGE_KEYS <= set(m)
   assert m["throughput/tokens_per_s"] == pytest.approx(32 * m["throughput/images_per_s"])  # K = 32
   assert m["throughput/tokens_per_s_per_device"] == pytest.approx(m["throughput/tokens_per_s"] / 8)

@@ -415,6 +415,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.get("run_steps", -1) > 0:  # stop this run early (with a checkpoint), e.g. time limits
     stop_at = min(total, first + config.run_steps)
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
+  last_rates = {}
   t0 = time.time()
   try:
     with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
@@ -430,10 +431,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           fetched, pending = loop.check_finite(pending), []
           last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
           last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
-          last_metrics.update(meter(step))
+          last_rates = meter(step)  # throughput/*, perf/* (wall-clock: not under train/)
           writer.train_scalars(step, last_metrics, console=("loss/total_g", "loss/l1", "loss/lpips",
-                                                            "loss/commit", "loss/d",
-                                                            "throughput/images_per_s"))
+                                                            "loss/commit", "loss/d"))
+          if last_rates:
+            writer.scalars(step, last_rates)
         if save_now:
           ckpt.save(step, state, meta=loop.run_meta(config, step, mesh),
                     data_state=checkpointing.gather_process_states(data.get_state()),
@@ -457,6 +459,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
+          "throughput": last_rates,
           "eval": last_eval, "seconds": time.time() - t0, "preempted": preempted,
           "finished": step == total,
           "state": state}
