@@ -27,7 +27,8 @@ number of devices and hosts. IS needs `--inception_logits_npz` (see evaluation/i
 and fails before any work is done without it.
 
 Report: `--output`, default `<workdir>/evaluation/report.json` (format: evaluation/report.py).
-Multi-host: run the same command on every host with `--multihost`; process 0 writes.
+Multi-host: run the same command on every host with `--multihost` (or the explicit
+`--coordinator_address --num_processes --process_id`, `core/distributed.py`); process 0 writes.
 """
 import argparse
 import sys

@@ -7,7 +7,8 @@ r"""Sampling CLI: a trained Stackformer + its frozen tokenizer -> PNG grids and 
   python -m maskvq_jax.sample --workdir W --num 16 --out S --classes null  # class model, uncond.
   python -m maskvq_jax.sample --workdir W --num 8 --out S --prompts "a red circle|a blue star"
 
-Why a CLI: the authors ship no sampling script. Every host runs the same command (`--multihost`);
+Why a CLI: the authors ship no sampling script. Every host runs the same command (`--multihost`,
+or the explicit `--coordinator_address --num_processes --process_id` of `core/distributed.py`);
 each batch is one global, batch-sharded `sampling.sample` + tokenizer decode over all devices, and
 each host writes only the rows its devices hold (no gather), as `samples_h<host>_<shard>.npz` with
 "images" uint8 [n, H, W, 3], "codes" / "positions" [n, K], "labels" and the global "index" of

@@ -1,7 +1,8 @@
 """The training loop's shared pieces, used by both trainers.
 
 Step counts and learning-rate schedules from a config, tree norms, the step cadence (`itstime`),
-preemption agreed over processes, the NaN/Inf guard on fetched metrics, and the restore-or-init start of a run.
+preemption agreed over processes, the NaN/Inf guard on fetched metrics, and the restore-or-init
+start of a run.
 """
 import json
 import math
@@ -158,11 +159,13 @@ class Preemption:
     handler sets the local flag and the processes OR their flags with one all-gather on the steps
     that are multiples of `check_every` (the same steps everywhere), so a signalled process runs
     at most `check_every - 1` more steps.
-  The signal handler is installed on entering and removed on exit. With the preemption service, a
-  notice that arrives before the loop (while restoring or compiling) stops the run after its first
-  step, provided the start step was announced (`announce_step`) before it came: the trainers do it
-  before restoring. A notice in the seconds between `jax.distributed.initialize` and that call,
-  on a resumed run, agrees on a step before the restored one and is missed (the run continues).
+  The signal handler is installed on entering and removed on exit; before that, SIGTERM ends the
+  process (nothing since the last checkpoint is lost). With the preemption service, a notice that
+  arrives before the loop (while restoring or compiling) is kept: the run stops after its first
+  step, provided the start step was announced (`announce_step`) before the notice came; the
+  trainers announce the latest checkpoint's step before restoring. A notice in the seconds
+  between `jax.distributed.initialize` and that call, on a resumed run, agrees on a step before
+  the restored one and is missed (the run continues until it is killed).
   """
 
   def __init__(self, first_step: int = 0, check_every: int = 10):

@@ -131,7 +131,8 @@ def overview_table(params) -> str:
                      mean=float(mean), std=float(std), sharding=spec))
   total = sum(r.size for r in rows)
   nbytes = sum(r.size * np.dtype(x.dtype).itemsize for r, x in zip(rows, leaves))
-  return (parameter_overview.make_table(rows, column_names=[f.name for f in dataclasses.fields(_Row)])
+  columns = [f.name for f in dataclasses.fields(_Row)]
+  return (parameter_overview.make_table(rows, column_names=columns)
           + f"\nTotal: {total:,} -- {nbytes:,} bytes")
 
 

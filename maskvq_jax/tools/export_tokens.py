@@ -12,7 +12,8 @@ tokenizer's score-descending order (stage 2 raster-sorts them), with the label a
 Layout: `<out>/<split>/tokens-<host>-of-<hosts>.array_record` (one record per example: msgpack of
 codes [K], positions [K], label, caption; see `stage2_data.encode_record`) and
 `<out>/tokens_meta.json` (tokenizer path + geometry, the splits and their files), which the
-stage-2 trainer checks against its own tokenizer. All hosts run the same command (`--multihost`);
+stage-2 trainer checks against its own tokenizer. All hosts run the same command (`--multihost`,
+or the explicit `--coordinator_address --num_processes --process_id` of `core/distributed.py`);
 each encodes its `split_for_jax_process` share on its local devices and writes its own file, so
 nothing is gathered. Existing outputs are never overwritten (a new split can be added).
 """
