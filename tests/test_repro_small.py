@@ -50,7 +50,7 @@ def test_every_variant_gets_the_same_budget():
                     c.model.code_layers, c.model.position_layers, c.optim.lr, c.model.resid_dropout)
   assert same(s2["stackformer_k0.25"]) == same(s2["dense_gpt"])
   assert (s2["stackformer_k0.25"].trainer, s2["dense_gpt"].trainer) == ("stackformer", "dense_gpt")
-  with pytest.raises(ValueError, match="down=3"):
+  with pytest.raises(ValueError, match=r"down: expected an int 2 or 4, got '3'"):
     cfg.get_config("down=3")
 
 
