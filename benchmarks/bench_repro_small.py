@@ -4,8 +4,9 @@ r"""Step times of every run of the small reproduction, and the whole pipeline's 
 
 Why: `launch/repro_small.sh` must fit in about two hours of a 2-core CPU; its budget
 (configs/repro_small.py) is chosen from these numbers. Each stage-1 variant and both stage-2
-models run at the FULL config twice in fresh workdirs, for 1 and for 1 + N steps; the difference
-over N is the time per step with compilation, set-up and checkpoint writes cancelled out. Both
+models run at the FULL config in fresh workdirs: once to fill a persistent XLA compilation cache,
+then for 1 and for 1 + N steps (compilations read from that cache); the difference of the last
+two over N is the time per step with set-up and checkpoint writes cancelled out. Both
 wall-clock and process CPU seconds are measured: on a busy machine the wall clock is inflated
 by the other processes, CPU seconds much less. The quickstart's stage-1 config is measured the
 same way as a calibration point, since its idle 2-core wall time is known (README: 600 steps in
@@ -42,10 +43,11 @@ def _run(config, workdir, steps):
 
 def per_step(make, root, name, n):
   """(wall s/step, cpu s/step, workdir of the longer run) of config `make()`."""
+  w0, _ = _run(make(), os.path.join(root, name + "_warm"), 1)  # fills the compilation cache
   w1, c1 = _run(make(), os.path.join(root, name + "_a"), 1)
   w2, c2 = _run(make(), os.path.join(root, name + "_b"), 1 + n)
   return {"wall_s_per_step": (w2 - w1) / n, "cpu_s_per_step": (c2 - c1) / n,
-          "first_run_wall_s": w1}, os.path.join(root, name + "_b")
+          "first_run_wall_s": w0}, os.path.join(root, name + "_b")
 
 
 def sampling_rate(workdir, num=16):
@@ -92,9 +94,19 @@ def main():
   from maskvq_jax.tools import repro_small as pipeline  # pylint: disable=import-outside-toplevel
 
   root = tempfile.mkdtemp(prefix="bench_repro_small_")
+  import jax  # pylint: disable=import-outside-toplevel
+  if not jax.config.jax_compilation_cache_dir:  # the second run of each config compiles nothing
+    jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(),
+                                                                "bench_repro_small_xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   only = set(filter(None, args.only.split(",")))
   dd = f",data_dir={args.data_dir}" if args.data_dir else ""
   out = {"steps": args.steps, "stage1": {}, "stage2": {}, "sampling": {}}
+
+  def save():  # after every measurement: a killed run keeps what it measured
+    if args.out:
+      with open(args.out, "w") as f:
+        f.write(json.dumps(out) + "\n")
 
   def qs():
     c = quickstart.get_config("perceptual=0,keep=0.25,steps=600")
@@ -102,12 +114,14 @@ def main():
     c.eval.every_steps = c.eval.image_every_steps = 600
     return c
   out["quickstart"], _ = per_step(qs, root, "quickstart", args.steps)
+  save()
   dirs = {}
   for name, arg in pipeline.STAGE1:
     if only and name not in only and name not in {s[1] for s in pipeline.STAGE2 if s[0] in only}:
       continue
     out["stage1"][name], dirs[name] = per_step(
         lambda a=arg: repro_small.get_config(a + dd), root, name, args.steps)
+    save()
   for name, tok, arg in pipeline.STAGE2:
     if (only and name not in only) or tok not in dirs:
       continue
@@ -117,6 +131,7 @@ def main():
       return c
     out["stage2"][name], wd = per_step(make, root, name, args.steps)
     out["sampling"][name] = sampling_rate(wd)
+    save()
   out["inception"] = inception_rate()
   scale = QUICKSTART_IDLE_S_PER_STEP / out["quickstart"]["cpu_s_per_step"]
   est = {}
@@ -133,11 +148,8 @@ def main():
   inc = out["inception"]["cpu_s_per_image"] * scale * n_val * (2 * n1 + n2)
   smp = sum(n_val / max(m["images_per_s"], 1e-9) for m in out["sampling"].values())
   out["evaluation_idle_estimate_s"] = {"inception": inc, "sampling_wall_as_measured": smp}
-  line = json.dumps(out)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(line + "\n")
-  print(line)
+  save()
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":

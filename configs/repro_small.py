@@ -33,10 +33,10 @@ from configs import stackformer_common
 DATASET = "emoji"
 RES = 32
 TRAIN_EXAMPLES = 3539   # emoji train split (NotoColorEmoji 2.042); only sets epochs in the logs
-STAGE1_STEPS = 1500
+STAGE1_STEPS = 1000
 STAGE2_STEPS = 1500
 STAGE1_BATCH = 16
-STAGE2_BATCH = 32
+STAGE2_BATCH = 16
 CODEBOOK = 256
 SEED = 0
 
