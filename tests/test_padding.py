@@ -57,6 +57,17 @@ def test_helpers():
   assert not sharding_lib.pad_rows({"x": np.arange(1)}, 2, num_valid=0)[sharding_lib.VALID].any()
 
 
+def test_cli_batch_sizes_are_padded_to_the_devices():
+  import argparse  # pylint: disable=import-outside-toplevel
+  from maskvq_jax import evaluate, sample  # pylint: disable=import-outside-toplevel
+  ns = lambda **kw: argparse.Namespace(**kw)
+  assert evaluate._batch(ns(batch_size=5), 100) == 8        # pylint: disable=protected-access
+  assert evaluate._batch(ns(batch_size=0), 3) == 8          # pylint: disable=protected-access
+  assert sample.batch_size(ns(batch_size=None, num=3), 8) == 8
+  assert sample.batch_size(ns(batch_size=None, num=1000), 8) == 64
+  assert sample.batch_size(ns(batch_size=12, num=3), 8) == 16
+
+
 def test_training_batch_error_says_what_to_choose():
   with pytest.raises(ValueError, match=r"input.batch_size=12 .* choose a multiple of 8, e.g. "
                                        r"--config.input.batch_size=8 or 16"):
