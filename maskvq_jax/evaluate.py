@@ -46,6 +46,7 @@ from maskvq_jax.evaluation import data
 from maskvq_jax.evaluation import features
 from maskvq_jax.core import distributed
 from maskvq_jax.core import files
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.evaluation import fid
 from maskvq_jax.evaluation import generate
 from maskvq_jax.evaluation import inception_score
@@ -102,7 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   smp.add_argument("--num_samples", type=int, default=None,
                    help=f"images to draw from a stage-2 workdir (default {DEFAULT_NUM_SAMPLES}); "
                         "with --samples: score only the first N (default: all)")
-  smp.add_argument("--sample_batch_size", type=int, default=0, help="0: 16 x devices")
+  smp.add_argument("--sample_batch_size", type=int, default=0,
+                   help="0: 16 x devices; padded up to a multiple of the devices")
   smp.add_argument("--seed", type=int, default=0)
   smp.add_argument("--temperature", type=float, default=1.0)
   smp.add_argument("--top_k", type=int, default=None)
@@ -135,11 +137,12 @@ def parse_metrics(text: str) -> list[str]:
 
 
 def _batch(args, n: int) -> int:
-  """Global batch: --batch_size, else 32 per device, shrunk (in whole device rows) for small n."""
+  """Global batch: --batch_size, else 32 per device, shrunk (in whole device rows) for small n;
+  padded up to a multiple of the devices and hosts (the padding rows are dropped)."""
   d = jax.device_count()
   if args.batch_size:
-    return args.batch_size
-  return min(32 * d, max(1, -(-n // d)) * d)
+    return sharding_lib.padded_size("--batch_size", args.batch_size, d, note=True)
+  return min(32 * d, sharding_lib.padded_size("examples", max(1, n), d))
 
 
 def _dataset_spec(args, loc, res_default: Optional[int]):
@@ -354,7 +357,9 @@ def run(args) -> dict:
           top_p=args.top_p, position_temperature=args.position_temperature,
           position_top_k=args.position_top_k, position_top_p=args.position_top_p,
           guidance_scale=args.guidance_scale, weight_dtype=args.sample_weight_dtype)
-      bs = args.sample_batch_size or 16 * jax.device_count()
+      bs = (sharding_lib.padded_size("--sample_batch_size", args.sample_batch_size,
+                                     jax.device_count(), note=True)
+            if args.sample_batch_size else 16 * jax.device_count())
       num = DEFAULT_NUM_SAMPLES if args.num_samples is None else args.num_samples
       if num < 1:
         raise ValueError(f"--num_samples={num} must be >= 1")

@@ -13,7 +13,8 @@ each batch is one global, batch-sharded `sampling.sample` + tokenizer decode ove
 each host writes only the rows its devices hold (no gather), as `samples_h<host>_<shard>.npz` with
 "images" uint8 [n, H, W, 3], "codes" / "positions" [n, K], "labels" and the global "index" of
 each image. Process 0 also writes PNG grids of the first batches and `sample_info.json` (settings,
-tokens/s). Conditions cycle: `--classes` / `--prompts` lists repeat over the N images (default for
+tokens/s). `--num` and `--batch_size` need not divide the devices or hosts: the batch is padded
+up to them and exactly `--num` images are written. Conditions cycle: `--classes` / `--prompts` lists repeat over the N images (default for
 class models: image i gets class i mod n_classes). Bad options raise before anything compiles,
 and an existing output is never overwritten.
 """
@@ -66,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--greedy", action="store_true", help="argmax codes and positions")
   p.add_argument("--seed", type=int, default=0, help="batch b uses fold_in(key(seed), b)")
   p.add_argument("--batch_size", type=int, default=None,
-                 help="global batch (default: 8 per device); a multiple of the device count")
+                 help="global batch (default: 8 per device, at most --num); padded up to a "
+                      "multiple of the device count, the padding dropped")
   p.add_argument("--shard_size", type=int, default=10_000, help="images per .npz shard per host")
   p.add_argument("--grids", type=int, default=4, help="PNG grids to write (first batches)")
   distributed.add_flags(p)
@@ -146,6 +148,17 @@ def conditions(args, model, num: int) -> dict:
   return {}
 
 
+def batch_size(args, n_dev: int) -> int:
+  """Global batch per sampling call: --batch_size, else 8 per device but no more than --num
+  needs; either way padded up to a multiple of the devices (and hosts), with a logged note when
+  the padding is the user's --batch_size. The padding rows are sampled and dropped."""
+  if args.batch_size is not None:
+    if args.batch_size < 1:
+      raise ValueError(f"--batch_size={args.batch_size} must be >= 1")
+    return sharding_lib.padded_size("--batch_size", args.batch_size, n_dev, note=True)
+  return min(8 * n_dev, sharding_lib.padded_size("--num", args.num, n_dev))
+
+
 def validate(args, loaded) -> tuple[sampling.SamplerConfig, dict, int]:
   """All option checks, before any compilation. Returns (sampler config, conditions, batch)."""
   model, tok = loaded["model"], loaded["tokenizer"]
@@ -153,10 +166,7 @@ def validate(args, loaded) -> tuple[sampling.SamplerConfig, dict, int]:
     raise ValueError(f"--num={args.num} must be >= 1")
   if args.shard_size < 1:
     raise ValueError(f"--shard_size={args.shard_size} must be >= 1")
-  n_dev = jax.device_count()
-  bs = args.batch_size if args.batch_size is not None else 8 * n_dev
-  if bs < 1 or bs % n_dev:
-    raise ValueError(f"--batch_size={bs} must be a positive multiple of the {n_dev} devices")
+  bs = batch_size(args, jax.device_count())
   if model.codebook_size != tok.codebook_size or model.num_positions != tok.grid ** 2:
     raise ValueError(f"the Stackformer (codebook {model.codebook_size}, {model.num_positions} "
                      f"positions) does not fit its tokenizer (codebook {tok.codebook_size}, "

@@ -76,3 +76,44 @@ def test_bad_mesh_is_rejected(text, match):
   with pytest.raises(ValueError, match=match):
     plan_lib.parse_mesh(text, stackformer_ffhq256.get_config(""))
 
+
+
+LARGE = ("mqvae_imagenet256", "mqvae_ffhq256", "vqgan_imagenet256", "stackformer_ffhq256",
+         "stackformer_imagenet256_class", "stackformer_coco_text")
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_large_configs_start_on_a_32_chip_slice_with_their_pod_slice_args(name):
+  path = f"configs/{name}.py"
+  assert plan_lib.pod_slice_args(path), f"{path} names no POD_SLICE"
+  config, args, sizes = plan_lib.pod_slice(path, {}, 32)
+  assert args == plan_lib.pod_slice_args(path)
+  p = plan_lib.plan(config, sizes, devices_per_host=4)
+  assert not p.notes, p.notes  # nothing keeps it from starting
+  if name.startswith("stackformer"):  # 307M+ parameters: sharded, 16-image grids padded
+    assert p.rules == "fsdp" and sizes == {"data": 8, "fsdp": 4, "model": 1}
+    assert p.param_bytes_per_device * 4 <= p.param_bytes_total * 1.05
+    assert any("sample.num=16 runs as 32 rows" in n for n in p.padded), p.padded
+  else:
+    assert p.rules == "dp" and sizes == {"data": 32, "fsdp": 1, "model": 1}
+
+
+def test_pod_slice_arguments_given_on_the_command_line_win():
+  config, args, sizes = plan_lib.pod_slice("configs/stackformer_ffhq256.py:fsdp=8,batch=512",
+                                           {"sample.num": 8}, 64)
+  assert args == "rules=fsdp,fsdp=8,batch=512"
+  assert sizes == {"data": 8, "fsdp": 8, "model": 1} and config.input.batch_size == 512
+  assert config.sample.num == 8
+
+
+def test_plan_cli_prints_the_pod_slice_rules_and_mesh():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  r = subprocess.run([sys.executable, "-m", "maskvq_jax.tools.plan", "--config",
+                      "configs/stackformer_ffhq256.py", "--devices", "32"],
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert ("pod slice of 32 devices: configs/stackformer_ffhq256.py expects --config "
+          "configs/stackformer_ffhq256.py:rules=fsdp,fsdp=4,batch=256 -> rules fsdp, mesh "
+          "{'data': 8, 'fsdp': 4, 'model': 1}") in r.stdout
+  assert "padded: sample.num=16 runs as 32 rows" in r.stdout and "NOTE" not in r.stdout

@@ -67,7 +67,7 @@ def test_cli_writes_requested_images_without_duplicate_positions(stage2_dir, tmp
 @pytest.mark.parametrize("extra,match", [
     (["--classes", "48"], r"--classes='48': ids must be in \[0, 48\)"),
     (["--prompts", "a red circle"], "--prompts given but the model is class-conditional"),
-    (["--batch_size", "12"], "--batch_size=12 must be a positive multiple of the 8 devices"),
+    (["--batch_size", "0"], "--batch_size=0 must be >= 1"),
     (["--top_k", "0"], r"top_k must be None or an int in \[1, 16\]"),
     (["--position_top_p", "1.5"], r"position_top_p must be None or in \(0, 1\]"),
     (["--temperature", "0"], "temperature must be a finite number > 0"),

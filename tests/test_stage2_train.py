@@ -105,8 +105,15 @@ def test_missing_tokenizer_and_bad_configs(tmp_path, stage1_dir):
     trainer.train(tiny(str(tmp_path / "nope")), str(tmp_path))
   tok, _, _ = trainer.load_tokenizer(tiny(stage1_dir))
   c = trainer.resolve_config(tiny(stage1_dir, **{"input.batch_size": 12}), tok)
-  with pytest.raises(ValueError, match="input.batch_size=12 is not a positive multiple"):
+  with pytest.raises(ValueError, match="input.batch_size=12 is not divisible .* choose a multiple "
+                                       "of 8, e.g. --config.input.batch_size=8 or 16"):
     trainer.validate_config(c, 8, tok.num_tokens)
+  for what in ("sample.num", "eval.batch_size"):  # other counts are padded, only < 1 is refused
+    trainer.validate_config(trainer.resolve_config(tiny(stage1_dir, **{what: 3}), tok), 8,
+                            tok.num_tokens)
+    with pytest.raises(ValueError, match=f"{what}=0 must be >= 1"):
+      trainer.validate_config(trainer.resolve_config(tiny(stage1_dir, **{what: 0}), tok), 8,
+                              tok.num_tokens)
   with pytest.raises(ValueError, match="cond_dropout=0.1 needs a null condition"):
     trainer.resolve_config(tiny(stage1_dir, "cond=none", **{"model.cond_dropout": 0.1}), tok)
 

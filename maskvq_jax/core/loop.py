@@ -89,6 +89,24 @@ def grad_accum_steps(config) -> int:
   return int(config.optim.get("grad_accum_steps", 1))
 
 
+def check_train_batch(batch_size: int, axes, data_parallel: int, mesh) -> None:
+  """ValueError unless the training batch is a positive multiple of the data-parallel size.
+
+  Unlike sample and eval counts (padded, `core/sharding.py`), the training batch is never padded:
+  padding would change the optimisation. The error names the nearest sizes to choose.
+  """
+  bs = int(batch_size)
+  if bs >= 1 and bs % data_parallel == 0:
+    return
+  lo = max(data_parallel, bs // data_parallel * data_parallel)
+  hi = -(-max(bs, 1) // data_parallel) * data_parallel
+  pick = f"{lo}" if lo == hi else f"{lo} or {hi}"
+  raise ValueError(f"input.batch_size={bs} is not divisible by the data-parallel mesh axes "
+                   f"{list(axes)} (size {data_parallel}) of mesh {mesh}: choose a multiple of "
+                   f"{data_parallel}, e.g. --config.input.batch_size={pick} (training batches are "
+                   "not padded, that would change the optimisation)")
+
+
 def check_grad_accum(config, data_parallel: int):
   """ValueError unless the global batch splits into equal micro-batches over the data axes."""
   n, bs = grad_accum_steps(config), config.input.batch_size

@@ -10,10 +10,12 @@ Meshes use `AxisType.Auto`: `jax.make_mesh` defaults to Explicit axes (jax >= 0.
 Linen's logical constraints into hard assertions.
 """
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 # Logical names used by the models: batch, embed, conv_in, conv_out, codebook, mlp, heads, vocab.
@@ -88,6 +90,75 @@ def batch_size_divisor(mesh, rules) -> int:
 def batch_sharding(mesh, rules) -> NamedSharding:
   """Sharding of a [B, ...] input: dimension 0 over the "batch" rule's mesh axes."""
   return NamedSharding(mesh, P(batch_axes(mesh, rules) or None))
+
+
+def shards_of(sharding: NamedSharding) -> int:
+  """Number of distinct pieces dimension 0 of an array with `sharding` is cut into."""
+  spec = tuple(sharding.spec)
+  axes = spec[0] if spec else None
+  axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+  return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+# ----- counts that do not divide the batch shards: pad, compute, drop the padding --------------
+# A sample grid of 3 images or an eval batch of 6 on 8 batch shards is padded to 8 rows (static
+# shapes, every shard equal); the padded rows carry valid=False and are dropped before anything is
+# written or summed. Training batches are not padded (that would change the optimisation).
+VALID = "valid"  # the batch key of the bool [B] mask of real rows
+
+
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` >= n."""
+  return -(-int(n) // int(multiple)) * int(multiple)
+
+
+def padded_size(what: str, n: int, shards: int, processes: Optional[int] = None, *,
+                note: bool = False) -> int:
+  """`n` rounded up to a multiple of the batch shards and of the process count (each host holds
+  the same number of rows); with `note`, logs one line naming `what` when it pads. ValueError
+  (naming `what`) if n < 1."""
+  if n < 1:
+    raise ValueError(f"{what}={n} must be >= 1")
+  multiple = math.lcm(int(shards), int(jax.process_count() if processes is None else processes))
+  padded = round_up(n, multiple)
+  if note and padded != n:
+    logging.info("%s=%d is not a multiple of the %d batch shards: computing %d rows, the %d "
+                 "padding rows are dropped", what, n, multiple, padded, padded - n)
+  return padded
+
+
+def real_rows(n: int, padded: int) -> np.ndarray:
+  """bool [padded]: True on the first n rows (the real ones of a globally padded batch)."""
+  return np.arange(padded) < n
+
+
+def host_rows(n: int, padded: int, process_index: Optional[int] = None,
+              process_count: Optional[int] = None) -> tuple[int, int]:
+  """(real rows, rows) of this host's part of a global batch of n real rows padded to `padded`
+  (a multiple of the process count): every host holds padded / processes rows, of which the n
+  real ones are shared as evenly as possible (hosts differ by at most one)."""
+  i = jax.process_index() if process_index is None else process_index
+  c = jax.process_count() if process_count is None else process_count
+  if padded % c or padded < n:
+    raise ValueError(f"{padded} rows cannot hold {n} real rows on {c} processes")
+  return n * (i + 1) // c - n * i // c, padded // c
+
+
+def pad_rows(batch: dict, rows: int, num_valid: Optional[int] = None) -> dict:
+  """Host numpy batch with n <= rows rows -> `rows` rows plus VALID, True on the first
+  `num_valid` (default n) rows.
+
+  Padding rows repeat the first row (real data: no empty text, no all-zero statistics that
+  could give NaN where a consumer forgets the mask); their results must be masked by VALID.
+  A host whose share of the real rows is 0 reads one example and marks it padding (num_valid=0).
+  """
+  n = len(next(iter(batch.values())))
+  if n > rows or n < 1:
+    raise ValueError(f"a batch of {n} rows cannot be padded to {rows}")
+  idx = np.where(np.arange(rows) < n, np.arange(rows), 0)
+  out = {k: np.asarray(v)[idx] for k, v in batch.items()}
+  out[VALID] = real_rows(n if num_valid is None else min(num_valid, n), rows)
+  return out
 
 
 def replicated(mesh) -> NamedSharding:

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import images
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
 
@@ -251,20 +252,36 @@ def train_iter(config, sharding) -> GlobalIterator:
   return GlobalIterator(iter(ds), sharding, prefetch=inp.get("device_prefetch", 2))
 
 
+def eval_rows(config, sharding, num_local: int) -> tuple[int, int, int]:
+  """(batches, real rows per host batch, rows per host batch) of the held-out evaluation.
+
+  `eval.batch_size` need not divide the batch shards or the hosts: each global batch holds
+  eval.batch_size real examples, padded up to a multiple of the shards (`VALID` marks the real
+  rows; the eval steps sum over them only). Every host runs the same number of batches.
+  """
+  ev = config.eval
+  padded = sharding_lib.padded_size("eval.batch_size", int(ev.batch_size),
+                                    sharding_lib.shards_of(sharding))
+  real, rows = sharding_lib.host_rows(int(ev.batch_size), padded)
+  most = -(-int(ev.batch_size) // jax.process_count())  # the largest host share: same n everywhere
+  return min(num_local, max(int(ev.num_examples), 0) // jax.process_count()) // most, real, rows
+
+
 def eval_iter(config, sharding) -> tuple[GlobalIterator, int]:
   """(iterator, number of batches) over the held-out split: fixed order, no augmentation.
 
-  Batches carry "mask" (object masks) when the dataset has them (procedural shapes).
+  Batches carry "mask" (object masks) when the dataset has them (procedural shapes), and VALID
+  (bool [B], False on the padding rows of `eval_rows`).
   """
   inp, ev = config.input, config.eval
   src = get_source(inp, ev.split, num_examples=ev.num_examples)
-  local_bs = _local_batch(ev.batch_size)
-  n_batches = min(len(src), ev.num_examples // jax.process_count()) // local_bs
+  n_batches, real, rows = eval_rows(config, sharding, len(src))
   if n_batches < 1:
     raise ValueError(f"eval split {ev.split!r} has {len(src)} examples on this host, fewer than "
-                     f"one batch of {local_bs}")
+                     f"one batch of {max(real, 1)}")
   pre = lambda ex: preprocess(ex, None, res=inp.res, augment="none", keep_mask=True)
-  ds = (grain.MapDataset.source(src)[:n_batches * local_bs].map(pre)
+  ds = (grain.MapDataset.source(src)[:n_batches * max(real, 1)].map(pre)
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads, prefetch_buffer_size=8))
-        .batch(local_bs, drop_remainder=True))
+        .batch(max(real, 1), drop_remainder=True)
+        .map(lambda b: sharding_lib.pad_rows(b, rows, num_valid=real)))
   return GlobalIterator(iter(ds), sharding), n_batches

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from maskvq_jax.core import files
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
 from maskvq_jax.models import text_encoder
@@ -168,17 +169,20 @@ def train_iter(config, sharding, *, need_label: bool, text_len: int):
 
 
 def eval_iter(config, sharding, *, need_label: bool, text_len: int):
-  """(iterator, batches): the held-out split in a fixed order, centre crops, first captions."""
+  """(iterator, batches): the held-out split in a fixed order, centre crops, first captions.
+
+  Batches carry VALID (bool [B]): eval.batch_size real rows per global batch, padded up to the
+  batch shards (`pipeline.eval_rows`).
+  """
   inp, ev = config.input, config.eval
   src, prep = _source_and_prep(config, ev.split, train=False, need_label=need_label,
                                text_len=text_len, num_examples=ev.num_examples)
-  local_bs = input_pipeline._local_batch(ev.batch_size)  # pylint: disable=protected-access
-  import jax  # pylint: disable=g-import-not-at-top
-  n = min(len(src), max(ev.num_examples, 0) // jax.process_count()) // local_bs
+  n, real, rows = input_pipeline.eval_rows(config, sharding, len(src))
   if n < 1:
     raise ValueError(f"eval split {ev.split!r}: {len(src)} examples on this host, fewer than one "
-                     f"batch of {local_bs} (eval.num_examples={ev.num_examples})")
-  ds = (grain.MapDataset.source(src)[:n * local_bs].map(lambda ex: prep(ex, None))
+                     f"batch of {max(real, 1)} (eval.num_examples={ev.num_examples})")
+  ds = (grain.MapDataset.source(src)[:n * max(real, 1)].map(lambda ex: prep(ex, None))
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads, prefetch_buffer_size=8))
-        .batch(local_bs, drop_remainder=True))
+        .batch(max(real, 1), drop_remainder=True)
+        .map(lambda b: sharding_lib.pad_rows(b, rows, num_valid=real)))
   return input_pipeline.GlobalIterator(iter(ds), sharding), n

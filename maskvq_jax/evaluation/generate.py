@@ -44,8 +44,8 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
       baseline on a dense tokenizer) and its {"params": ...}.
     tokenizer, tokenizer_variables: the frozen MQVAE and its variables.
     config: sampler settings; `config.steps` must equal the tokenizer's tokens per image.
-    num_images: images to return. batch_size: global batch per sampling call (a multiple of the
-      number of devices). seed: base PRNG seed.
+    num_images: images to return. batch_size: global batch per sampling call (padded up to a
+      multiple of the number of devices). seed: base PRNG seed.
   """
   dense = isinstance(stackformer, DenseGPT)
   if not dense and stackformer.text_dim:
@@ -60,8 +60,7 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
   if num_images < 1:
     raise ValueError(f"num_images={num_images} must be >= 1")
   mesh = features.data_mesh() if mesh is None else mesh
-  if batch_size % mesh.size:
-    raise ValueError(f"batch_size={batch_size} must be a multiple of the {mesh.size} devices")
+  batch_size = sharding_lib.padded_size("batch_size", batch_size, mesh.size)  # surplus dropped
   rules = sharding_lib.data_axis_rules()  # batch on the single "data" axis, rest replicated
   batch_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   sf_vars = jax.device_put(stackformer_variables, repl)

@@ -84,11 +84,9 @@ def validate_config(config, num_devices: int):
   axes = dict(rules)["batch"]
   axes = (axes,) if isinstance(axes, str) else tuple(axes)
   div = int(np.prod([mesh[a] for a in axes if a in mesh]))
-  for what, bs in (("input.batch_size", config.input.batch_size),
-                   ("eval.batch_size", config.eval.batch_size)):
-    if bs % div:
-      raise ValueError(f"{what}={bs} is not divisible by the data-parallel mesh axes "
-                       f"{[a for a in axes if a in mesh]} (size {div}) of mesh {mesh}")
+  loop.check_train_batch(config.input.batch_size, [a for a in axes if a in mesh], div, mesh)
+  if config.eval.batch_size < 1:  # any other size is padded up to the batch shards
+    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
   for rule in dict(rules).values():
     for a in ((rule,) if isinstance(rule, str) else tuple(rule or ())):
       if a not in mesh:
@@ -315,7 +313,8 @@ def train_step(state: TrainState, batch, lpips_params, *, parts: Parts):
 
 
 def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
-  """Sums of reconstruction metrics, the code histogram, and the first `eval.num_images` images.
+  """Sums of reconstruction metrics, the code histogram, and the first `eval.num_images` images,
+  over the batch's real rows (`VALID`; padding rows change no metric and are never shown).
 
   Everything it returns is small; the trainer replicates it (jit out_shardings), so every process
   can fetch it whatever the number of hosts.
@@ -327,13 +326,15 @@ def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
                                rngs={"mask": jax.random.key(0)})  # scorer="random" draws from it
   rec = rec.astype(jnp.float32)
   dist = parts.lpips(lpips_params, x, jnp.clip(rec, -1, 1)) if lpips_params is not None else None
-  sums = metrics_lib.reconstruction_sums(x, rec, lpips_dist=dist)
+  valid = batch.get(sharding_lib.VALID, jnp.ones((x.shape[0],), bool))  # False: padding rows
+  sums = metrics_lib.reconstruction_sums(x, rec, lpips_dist=dist, valid=valid)
   if "mask" in batch and not parts.cfg.model.dense:
-    sums.update(metrics_lib.object_coverage_sums(aux["mask"], batch["mask"]))
-  hist = metrics_lib.code_histogram(aux["codes"], parts.cfg.model.codebook_size)
-  k = max(1, min(int(parts.cfg.eval.num_images), x.shape[0]))
+    sums.update(metrics_lib.object_coverage_sums(aux["mask"], batch["mask"], valid))
+  hist = metrics_lib.code_histogram(aux["codes"], parts.cfg.model.codebook_size, valid)
+  k = max(1, min(int(parts.cfg.eval.num_images), int(parts.cfg.eval.batch_size)))
+  first_real = jnp.argsort(jnp.logical_not(valid).astype(jnp.int32), stable=True)[:k]
   shown = {"x": x, "rec": rec, "scores": aux["scores"], "mask": aux["mask"]}
-  return sums, hist, {n: v[:k] for n, v in shown.items()}
+  return sums, hist, {n: v[first_real] for n, v in shown.items()}
 
 
 # ===================================================================== run helpers
@@ -370,6 +371,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.get_rules(config.sharding_rules)
+  if config.eval.every_steps:
+    sharding_lib.padded_size("eval.batch_size", config.eval.batch_size,
+                             sharding_lib.batch_size_divisor(mesh, rules), note=True)
   parts = build(config)
   total = parts.total_steps
   logging.info("mesh %s, rules %s, %d steps", dict(mesh.shape), config.sharding_rules, total)

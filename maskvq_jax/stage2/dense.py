@@ -49,14 +49,17 @@ def sequences(model: DenseGPT, codes):
   return jnp.concatenate([sos, codes[:, :-1]], axis=1), codes
 
 
-def loss_and_metrics(model: DenseGPT, params, codes, positions, rng, *, train: bool):
-  """(loss, {"code_loss", "code_acc"}) of raster-ordered codes (sorted by their positions)."""
+def loss_and_metrics(model: DenseGPT, params, codes, positions, rng, *, train: bool,
+                     valid=None):
+  """(loss, {"code_loss", "code_acc"}) of raster-ordered codes (sorted by their positions);
+  means over the `valid` rows (bool [B]) when given."""
   order = jnp.argsort(positions, axis=-1)
   codes = jnp.take_along_axis(codes, order, axis=1)
   inputs, targets = sequences(model, codes)
   logits = model.apply({"params": params}, inputs, train=train, rngs={"dropout": rng})
-  loss = losses_stage2.cross_entropy(logits, targets)
-  return loss, {"code_loss": loss, "code_acc": jnp.mean(jnp.argmax(logits, -1) == targets)}
+  loss = losses_stage2.cross_entropy(logits, targets, valid)
+  return loss, {"code_loss": loss,
+                "code_acc": losses_stage2.row_mean(jnp.argmax(logits, -1) == targets, valid)}
 
 
 def sampler_config(config, steps: int) -> sampling.SamplerConfig:

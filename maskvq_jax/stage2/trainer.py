@@ -172,12 +172,11 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
   axes = dict(rules)["batch"]
   axes = [a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh]
   div = int(np.prod([mesh[a] for a in axes]))
-  for what, bs in (("input.batch_size", config.input.batch_size),
-                   ("eval.batch_size", config.eval.batch_size),
-                   ("sample.num", config.sample.num)):
-    if bs < 1 or bs % div:
-      raise ValueError(f"{what}={bs} is not a positive multiple of the data-parallel mesh axes "
-                       f"{axes} (size {div}) of mesh {mesh}")
+  loop.check_train_batch(config.input.batch_size, axes, div, mesh)
+  for what, n in (("eval.batch_size", config.eval.batch_size), ("sample.num", config.sample.num)):
+    if n < 1:  # any other count is padded up to the batch shards (core/sharding.py)
+      raise ValueError(f"{what}={n} must be >= 1")
+  num_sampled = sharding_lib.padded_size("sample.num", config.sample.num, div)
   m = config.model
   if m.d_model % m.n_heads:
     raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
@@ -196,15 +195,15 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
   if config.sample.every_steps and dense_lib.is_dense(config):
     sampling.validate_dense_sampling(
         DenseGPT(**dense_lib.model_kwargs(config.model)),
-        dense_lib.sampler_config(config, num_tokens or 1), batch_size=config.sample.num)
+        dense_lib.sampler_config(config, num_tokens or 1), batch_size=num_sampled)
   elif config.sample.every_steps:
-    s = config.sample
+    n = num_sampled
     sampling.validate_stackformer_sampling(
         Stackformer(**_model_kwargs(config)), _sampler_config(config, num_tokens or 1),
-        labels=np.zeros((s.num,), np.int32) if m.n_classes else None,
-        text=np.zeros((s.num, 1, m.text_dim), np.float32) if m.text_dim else None,
-        text_mask=np.ones((s.num, 1), bool) if m.text_dim else None,
-        batch_size=s.num)
+        labels=np.zeros((n,), np.int32) if m.n_classes else None,
+        text=np.zeros((n, 1, m.text_dim), np.float32) if m.text_dim else None,
+        text_mask=np.ones((n, 1), bool) if m.text_dim else None,
+        batch_size=n)
 
 
 def _model_kwargs(config) -> dict:
@@ -284,12 +283,14 @@ def tokens_of(batch, tok_vars, parts: Parts, rng):
   return jax.lax.stop_gradient(codes).astype(jnp.int32), positions.astype(jnp.int32)
 
 
-def _loss_and_metrics(trainable, batch, tok_vars, parts: Parts, rng, *, train: bool):
+def _loss_and_metrics(trainable, batch, tok_vars, parts: Parts, rng, *, train: bool,
+                      valid=None):
+  """(loss, metrics): means over the batch, or over its `valid` rows (bool [B]) when given."""
   k_tok, k_drop = jax.random.split(rng)
   codes, positions = tokens_of(batch, tok_vars, parts, k_tok)
   if isinstance(parts.model, DenseGPT):
     return dense_lib.loss_and_metrics(parts.model, trainable["model"], codes, positions, k_drop,
-                                      train=train)
+                                      train=train, valid=valid)
   labels = batch["label"] if parts.model.n_classes else None
   seq = split_sequences(*make_sequences(parts.model, codes, positions, labels=labels, sort=True))
   kw = {}
@@ -303,9 +304,11 @@ def _loss_and_metrics(trainable, batch, tok_vars, parts: Parts, rng, *, train: b
       train=train, rngs={"dropout": k_drop}, **kw)
   loss, aux = losses_stage2.stackformer_loss(code_logits, pos_logits, seq["code_targets"],
                                              seq["position_targets"],
-                                             parts.cfg.loss.position_weight)
-  aux["code_acc"] = jnp.mean(jnp.argmax(code_logits, -1) == seq["code_targets"])
-  aux["position_acc"] = jnp.mean(jnp.argmax(pos_logits, -1) == seq["position_targets"])
+                                             parts.cfg.loss.position_weight, valid=valid)
+  aux["code_acc"] = losses_stage2.row_mean(
+      jnp.argmax(code_logits, -1) == seq["code_targets"], valid)
+  aux["position_acc"] = losses_stage2.row_mean(
+      jnp.argmax(pos_logits, -1) == seq["position_targets"], valid)
   return loss, aux
 
 
@@ -342,11 +345,18 @@ def train_step(state: TrainState, batch, tok_vars, *, parts: Parts):
 
 
 def eval_step(state: TrainState, batch, tok_vars, *, parts: Parts):
-  """Validation losses (no dropout, conditions kept) of the eval params on one batch."""
+  """Sums over the batch's real rows (`VALID`) of the validation losses (no dropout, conditions
+  kept) of the eval params, and their "count"; padding rows change no metric."""
   params = state.ema_params if state.ema_params is not None else state.params
+  batch = dict(batch)
+  valid = batch.pop(sharding_lib.VALID, None)
+  if valid is None:
+    valid = jnp.ones((next(iter(batch.values())).shape[0],), bool)
   loss, aux = _loss_and_metrics({"model": params, "text": state.text_params}, batch, tok_vars,
-                                parts, jax.random.key(0), train=False)
-  return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), {"loss": loss, **aux})
+                                parts, jax.random.key(0), train=False, valid=valid)
+  count = jnp.sum(valid.astype(jnp.float32))
+  sums = {k: jnp.asarray(v, jnp.float32) * count for k, v in {"loss": loss, **aux}.items()}
+  return {**sums, "count": count}
 
 
 # ===================================================================== sample grids
@@ -363,15 +373,23 @@ def sample_conditions(parts: Parts, num: int):
   return {}
 
 
+def sample_rows(config, mesh, rules) -> int:
+  """Rows the periodic sample grids compute: sample.num padded up to the batch shards (the
+  padding rows come last and are dropped before the grid is written)."""
+  return sharding_lib.padded_size("sample.num", config.sample.num,
+                                  sharding_lib.batch_size_divisor(mesh, rules))
+
+
 def make_sampler(parts: Parts, mesh, rules, state_sh):
-  """fn(state, tok_vars, rng, conds) -> uint8 images [num, H, W, 3] (global array)."""
+  """fn(state, tok_vars, rng, conds) -> uint8 images [sample_rows, H, W, 3] (global array);
+  `conds` from `sample_conditions(parts, sample_rows(...))`, the first sample.num rows real."""
   cfg = parts.cfg
   dense = isinstance(parts.model, DenseGPT)
   scfg = (dense_lib.sampler_config(cfg, parts.num_tokens) if dense
           else _sampler_config(cfg, parts.num_tokens))
   batch_sh = sharding_lib.batch_sharding(mesh, rules)
   repl = sharding_lib.replicated(mesh)
-  num = cfg.sample.num
+  num = sample_rows(cfg, mesh, rules)
 
   def decode(tok_vars, codes, positions):
     img = parts.tokenizer.apply(tok_vars, codes, positions, method="decode_codes")
@@ -495,7 +513,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=repl)
   sampler = make_sampler(parts, mesh, rules, state_sh) if config.sample.every_steps else None
-  conds = sample_conditions(parts, config.sample.num)
+  conds = sample_conditions(parts, sample_rows(config, mesh, rules))
+  if config.sample.every_steps:
+    sharding_lib.padded_size("sample.num", config.sample.num,
+                             sharding_lib.batch_size_divisor(mesh, rules), note=True)
+  if config.eval.every_steps:
+    sharding_lib.padded_size("eval.batch_size", config.eval.batch_size,
+                             sharding_lib.batch_size_divisor(mesh, rules), note=True)
 
   writer = writers.Writer(workdir, total_steps=total, log_every=config.log_every_steps,
                           profile=config.get("profile", False))
@@ -512,14 +536,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         m = eval_fn(state, next(it), tok_vars)
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-    out = {k: float(v) / n for k, v in jax.device_get(sums).items()}
+    sums = jax.device_get(sums)
+    count = max(float(sums.pop("count")), 1.0)  # real examples only: padding rows are not counted
+    out = {k: float(v) / count for k, v in sums.items()}
     writer.scalars(step, {f"eval/{k}": v for k, v in out.items()})
     return out
 
   def run_samples(step):
     t = time.time()
     imgs, _ = sampler(state, tok_vars, jax.random.key(config.sample.seed), conds)
-    imgs = _to_host(imgs)
+    imgs = _to_host(imgs)[:config.sample.num]  # the padding rows (if any) come last
     secs = time.time() - t
     writer.images(step, {"samples": image_grid(imgs)})
     writer.scalars(step, {"sample/seconds": secs})
@@ -529,7 +555,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.get("run_steps", -1) > 0:
     stop_at = min(total, first + config.run_steps)
   pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
-  last_rates = {}
+  last_rates, last_samples = {}, None
   t0 = time.time()
   try:
     with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
@@ -562,7 +588,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if sampler is not None and loop.itstime(step, config.sample.every_steps, total,
                                                  last=final and not preempted):
           with writer.timed("sample"):
-            run_samples(step)
+            last_samples = run_samples(step)
           meter.mark(step)
         if preempted:
           logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
@@ -573,4 +599,5 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
           "throughput": last_rates,
           "eval": last_eval, "seconds": time.time() - t0, "preempted": preempted,
-          "finished": step == total, "state": state, "config": config}
+          "finished": step == total, "state": state, "config": config,
+          "samples": last_samples}

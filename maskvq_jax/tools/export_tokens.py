@@ -33,6 +33,7 @@ from maskvq_jax.data import runs as checkpoints
 from maskvq_jax.evaluation import features
 from maskvq_jax.core import distributed
 from maskvq_jax.core import files
+from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.core.progress import Progress
 
 
@@ -51,7 +52,9 @@ def parse_args(argv=None):
                  help="examples (procedural: required size; tfds: -1 or unset = whole split)")
   p.add_argument("--label_key", default="label", help="'' for none")
   p.add_argument("--caption_key", default="", help="e.g. captions/text (coco_captions)")
-  p.add_argument("--batch_size", type=int, default=None, help="per host (default 16 per device)")
+  p.add_argument("--batch_size", type=int, default=None,
+                 help="per host (default 16 per device); padded up to a multiple of the local "
+                      "devices")
   distributed.add_flags(p)
   return p.parse_args(argv)
 
@@ -95,10 +98,9 @@ def export(args) -> dict:
   with cli.user_input():  # the dataset and split the flags (or the run's config) name
     src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
   local_devices = jax.local_devices()
-  bs = args.batch_size or 16 * len(local_devices)
-  if bs % len(local_devices):
-    raise cli.UserError(f"--batch_size={bs} must be a multiple of the {len(local_devices)} local "
-                        "devices")
+  bs = (sharding_lib.padded_size("--batch_size", args.batch_size, len(local_devices), 1,
+                                 note=True)  # padded rows are dropped (see _write_records)
+        if args.batch_size else 16 * len(local_devices))
   mesh = features.data_mesh(local_devices)
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -14,6 +14,14 @@ minutes for the paper models on a CPU.
       --mesh data=32,fsdp=4,model=2 --devices_per_host 4
   python -m maskvq_jax.tools.plan --config configs/mqvae_imagenet256.py --mesh data=256 --compile
 
+`--devices N` instead of `--mesh` plans a pod slice of N chips the way the config expects to run
+there: the config file's `POD_SLICE` (config arguments such as "rules=fsdp,fsdp=4,batch=256";
+arguments given after the colon win) is applied, and the config's own mesh (its -1 axis filled)
+is resolved against N. The plan prints the rules and mesh that gives, and which sample / eval
+counts are padded up to the batch shards.
+
+  python -m maskvq_jax.tools.plan --config configs/stackformer_ffhq256.py --devices 32
+
 Stage-2 configs name their tokenizer by path; the plan reads the tokenizer's geometry from a
 stage-1 config instead (`--tokenizer_config`, default configs/mqvae_imagenet256.py with the
 config's expected keep ratio), so no checkpoint is needed.
@@ -37,6 +45,9 @@ from maskvq_jax.core import sharding as sharding_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:arg]).",
                                           lock_config=False)
 _MESH = flags.DEFINE_string("mesh", None, "Target mesh, e.g. data=16,fsdp=16[,model=1].")
+_DEVICES = flags.DEFINE_integer(
+    "devices", None, "Instead of --mesh: a pod slice of this many devices, planned with the "
+    "config file's POD_SLICE arguments and its own mesh resolved against the count.")
 _DEVICES_PER_HOST = flags.DEFINE_integer("devices_per_host", 4,
                                          "Accelerators per host (TPU v4/v5p VM: 4; GPU node: 8).")
 _TOKENIZER_CONFIG = flags.DEFINE_string(
@@ -60,7 +71,9 @@ class Plan:
   hosts: int
   per_host_batch: float
   activation_bytes_per_device: Optional[int] = None
-  notes: tuple[str, ...] = ()
+  notes: tuple[str, ...] = ()      # what keeps the config from starting on this mesh
+  padded: tuple[str, ...] = ()     # sample / eval counts padded up to the batch shards (fine)
+  rules: str = ""
 
 
 def parse_mesh(text: str, config) -> dict[str, int]:
@@ -151,11 +164,21 @@ def plan(config, mesh_sizes: dict[str, int], devices_per_host: int = 4,
                  f"a multiple of {shards} (e.g. --config.input.batch_size={shards * max(1, round(gb / shards))})")
   if gb % hosts:
     notes.append(f"input.batch_size={gb} is not divisible by {hosts} hosts")
+  padded = []
+  counts = [("eval.batch_size", int(config.eval.batch_size))]
+  if "sample" in config and config.sample.get("every_steps", 0):
+    counts.append(("sample.num", int(config.sample.num)))
+  for what, n in counts:
+    rows = sharding_lib.padded_size(what, n, shards, hosts)
+    if rows != n:
+      padded.append(f"{what}={n} runs as {rows} rows on the {shards} batch shards x {hosts} hosts "
+                    f"({rows - n} padding rows, dropped)")
   return Plan(mesh=dict(mesh_sizes), num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
               param_bytes_total=_bytes(rest, False), param_bytes_per_device=_bytes(rest, True),
               opt_bytes_total=_bytes(opt, False), opt_bytes_per_device=_bytes(opt, True),
               global_batch=gb, batch_shards=shards, per_device_batch=gb / shards, hosts=hosts,
-              per_host_batch=gb / hosts, notes=tuple(notes))
+              per_host_batch=gb / hosts, notes=tuple(notes), padded=tuple(padded),
+              rules=str(config.sharding_rules))
 
 
 def activation_bytes(config, per_device_batch: int,
@@ -190,7 +213,8 @@ def _gib(n) -> str:
 
 def format_plan(p: Plan, name: str) -> str:
   lines = [
-      f"plan for {name} on mesh {p.mesh} ({math.prod(p.mesh.values())} devices, {p.hosts} hosts)",
+      f"plan for {name} on mesh {p.mesh} ({math.prod(p.mesh.values())} devices, {p.hosts} hosts), "
+      f"rules {p.rules}",
       f"  parameters          {p.num_params / 1e6:10.2f} M",
       f"  params+stats+EMA    total {_gib(p.param_bytes_total)}   per device {_gib(p.param_bytes_per_device)}",
       f"  optimizer state     total {_gib(p.opt_bytes_total)}   per device {_gib(p.opt_bytes_per_device)}",
@@ -200,26 +224,74 @@ def format_plan(p: Plan, name: str) -> str:
   ]
   if p.activation_bytes_per_device is not None:
     lines.append(f"  activations (XLA temp, per device) {_gib(p.activation_bytes_per_device)}")
+  lines += [f"  padded: {n}" for n in p.padded]
   lines += [f"  NOTE: {n}" for n in p.notes]
   return "\n".join(lines)
+
+
+def pod_slice_args(path: str) -> str:
+  """The config file's POD_SLICE (config arguments for a pod slice), or "" if it has none."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("plan_pod_slice", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return str(getattr(mod, "POD_SLICE", ""))
+
+
+def merge_args(base: str, given: str) -> str:
+  """Config arguments `base` with those in `given` replacing the same names ("a=1,b" style)."""
+  items = {}
+  for item in f"{base},{given}".split(","):
+    if item.strip():
+      items[item.partition("=")[0].strip()] = item.strip()
+  return ",".join(items.values())
+
+
+def pod_slice(value: str, overrides: dict, devices: int):
+  """(config, arguments used, mesh sizes) of `--config value` on a pod slice of `devices`."""
+  path, _, given = value.partition(":")
+  args = merge_args(pod_slice_args(path), given)
+  config = cli.load_config_file(f"{path}:{args}" if args else path)
+  config.update_from_flattened_dict(dict(overrides))
+  try:
+    names, sizes = sharding_lib.mesh_shape(config.mesh, devices)
+  except ValueError as e:
+    raise cli.UserError(f"--devices={devices}: {e}") from None
+  return config, args, dict(zip(names, sizes))
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or not _MESH.value:
-    raise cli.UserError("--config and --mesh are required")
+  if _CONFIG.value is None or bool(_MESH.value) == (_DEVICES.value is not None):
+    raise cli.UserError("--config and one of --mesh or --devices are required")
   config = _CONFIG.value
+  name = flags.FLAGS["config"].config_filename
+  header = ""
+  if _DEVICES.value is not None:
+    if _DEVICES.value < 1:
+      raise cli.UserError(f"--devices={_DEVICES.value} must be >= 1")
+    config, args, sizes = pod_slice(name, config_flags.get_override_values(flags.FLAGS["config"]),
+                                    _DEVICES.value)
+    path = name.partition(":")[0]
+    header = (f"pod slice of {_DEVICES.value} devices: {path} expects "
+              f"--config {path}{':' + args if args else ''} -> rules {config.sharding_rules}, "
+              f"mesh {sizes}" + ("" if pod_slice_args(path) else
+                                 " (the config names no POD_SLICE: its own rules and mesh)"))
+    name = f"{path}:{args}" if args else path
   if config.trainer == "stackformer":  # the tokenizer config is a user-given file too
     if _COMPILE.value:
       raise cli.UserError("--compile is implemented for stage 1 only")
     cli.load_config_file(_TOKENIZER_CONFIG.value, "tokenizer_config")
-  sizes = parse_mesh(_MESH.value, config)
+  if _MESH.value:
+    sizes = parse_mesh(_MESH.value, config)
   p = plan(config, sizes, _DEVICES_PER_HOST.value, _TOKENIZER_CONFIG.value)
   if _COMPILE.value:
     p.activation_bytes_per_device = activation_bytes(config, math.ceil(p.per_device_batch),
                                                      _TOKENIZER_CONFIG.value)
-  print(format_plan(p, flags.FLAGS["config"].config_filename))
+  if header:
+    print(header)
+  print(format_plan(p, name))
 
 
 if __name__ == "__main__":
