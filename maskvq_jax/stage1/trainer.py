@@ -20,12 +20,10 @@ jit the arrays are global, so counts already cover the whole (sharded) batch.
 """
 import dataclasses
 import functools
-import time
 from typing import Any
 
 from absl import logging
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -43,6 +41,7 @@ from maskvq_jax.models import lpips as lpips_lib
 from maskvq_jax.evaluation import step_metrics as metrics_lib
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.core import loop
+from maskvq_jax.core import train_loop
 from maskvq_jax.core import throughput
 from maskvq_jax.models import mqvae as mqvae_lib
 from maskvq_jax.models.discriminator import NLayerDiscriminator
@@ -415,55 +414,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.hparams({"num_params/g": loop.num_params(state.params["g"]),
                   "num_params/d": loop.num_params(state.params["d"])})
 
-  stop_at = total
-  if config.get("run_steps", -1) > 0:  # stop this run early (with a checkpoint), e.g. time limits
-    stop_at = min(total, first + config.run_steps)
-  pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
-  last_rates = {}
-  t0 = time.time()
-  try:
-    with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
-      for step in range(first + 1, stop_at + 1):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-          state, m = step_fn(state, next(data), lp_params)
-        pending.append((step, m))
-        writer.tick(step)
-        preempted = pre.stop(step)
-        final = step == stop_at
-        save_now = ckpt.should_save(step) or preempted or final
-        if save_now or loop.itstime(step, config.log_every_steps, total):
-          fetched, pending = loop.check_finite(pending), []
-          last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
-          last_metrics["data/skipped_images"] = input_pipeline.SKIPPED.value
-          last_rates = meter(step)  # throughput/*, perf/* (wall-clock: not under train/)
-          writer.train_scalars(step, last_metrics, console=("loss/total_g", "loss/l1", "loss/lpips",
-                                                            "loss/commit", "loss/d"))
-          if last_rates:
-            writer.scalars(step, last_rates)
-        if save_now:
-          ckpt.save(step, state, meta=loop.run_meta(config, step, mesh),
-                    data_state=checkpointing.gather_process_states(data.get_state()),
-                    force=preempted or final)
-          meter.mark(step)  # checkpoint time is not training time
-        if loop.itstime(step, config.eval.every_steps, total, last=final and not preempted):
-          with writer.timed("eval"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            last_eval, shown = evaluate(state, parts, eval_fn, config, batch_sh, lp_params)
-          writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
-          if loop.itstime(step, config.eval.image_every_steps, total):
-            k = config.eval.num_images
-            writer.images(step, {"eval/recon": writers.recon_grid(
-                shown["x"][:k], shown["rec"][:k],
-                None if config.model.dense else shown["scores"][:k],
-                None if config.model.dense else shown["mask"][:k])})
-          meter.mark(step)
-        if preempted:
-          logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
-          break
-  finally:
-    ckpt.close()
-    writer.close()
-  return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
-          "throughput": last_rates,
-          "eval": last_eval, "seconds": time.time() - t0, "preempted": preempted,
-          "finished": step == total,
-          "state": state}
+  def run_eval(step, state):
+    out, shown = evaluate(state, parts, eval_fn, config, batch_sh, lp_params)
+    writer.scalars(step, {f"eval/{k}": v for k, v in out.items()})
+    if loop.itstime(step, config.eval.image_every_steps, total):
+      k = config.eval.num_images
+      writer.images(step, {"eval/recon": writers.recon_grid(
+          shown["x"][:k], shown["rec"][:k],
+          None if config.model.dense else shown["scores"][:k],
+          None if config.model.dense else shown["mask"][:k])})
+    return out
+
+  return train_loop.run(
+      config=config, state=state, first=first, total=total, step_fn=step_fn,
+      step_args=(lp_params,), data=data, mesh=mesh, rules=rules, ckpt=ckpt, writer=writer,
+      meter=meter, meta=lambda step: loop.run_meta(config, step, mesh),
+      console=("loss/total_g", "loss/l1", "loss/lpips", "loss/commit", "loss/d"),
+      extra_metrics=lambda: {"data/skipped_images": input_pipeline.SKIPPED.value},
+      periodic=[train_loop.Periodic("eval", config.eval.every_steps, run_eval, initial={})])

@@ -53,6 +53,7 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.core import loop
+from maskvq_jax.core import train_loop
 from maskvq_jax.core import throughput
 from maskvq_jax.data import runs as ckpt_loader
 from maskvq_jax.evaluation import recon
@@ -529,7 +530,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.parameter_overview(state.params, "stackformer")
   writer.hparams({"num_params/stackformer": n_params, "tokens_per_image": parts.num_tokens})
 
-  def run_eval(step):
+  def run_eval(step, state):
     it, n = stage2_data.eval_iter(config, batch_sh, need_label=need_label, text_len=text_len)
     sums = None
     for _ in range(n):
@@ -542,7 +543,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.scalars(step, {f"eval/{k}": v for k, v in out.items()})
     return out
 
-  def run_samples(step):
+  def run_samples(step, state):
     t = time.time()
     imgs, _ = sampler(state, tok_vars, jax.random.key(config.sample.seed), conds)
     imgs = _to_host(imgs)[:config.sample.num]  # the padding rows (if any) come last
@@ -551,53 +552,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.scalars(step, {"sample/seconds": secs})
     return imgs
 
-  stop_at = total
-  if config.get("run_steps", -1) > 0:
-    stop_at = min(total, first + config.run_steps)
-  pending, last_metrics, last_eval, step, preempted = [], {}, {}, first, False
-  last_rates, last_samples = {}, None
-  t0 = time.time()
-  try:
-    with loop.Preemption(first, config.get("preemption_check_every_steps", 10)) as pre:
-      for step in range(first + 1, stop_at + 1):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-          state, m = step_fn(state, next(data), tok_vars)
-        pending.append((step, m))
-        writer.tick(step)
-        preempted = pre.stop(step)
-        final = step == stop_at
-        save_now = ckpt.should_save(step) or preempted or final
-        if save_now or loop.itstime(step, config.log_every_steps, total):
-          fetched, pending = loop.check_finite(pending), []
-          last_metrics = {k: float(np.mean([f[1][k] for f in fetched])) for k in fetched[-1][1]}
-          last_rates = meter(step)  # throughput/*, perf/* (wall-clock: not under train/)
-          writer.train_scalars(step, last_metrics, console=("loss", "loss/code_loss",
-                                                            "loss/position_loss"))
-          if last_rates:
-            writer.scalars(step, last_rates)
-        if save_now:
-          ckpt.save(step, state, meta=_run_meta(config, step, mesh, tok_info),
-                    data_state=checkpointing.gather_process_states(data.get_state()),
-                    force=preempted or final)
-          meter.mark(step)  # checkpoint time is not training time
-        if config.eval.every_steps > 0 and loop.itstime(step, config.eval.every_steps, total,
-                                                         last=final and not preempted):
-          with writer.timed("eval"):
-            last_eval = run_eval(step)
-          meter.mark(step)
-        if sampler is not None and loop.itstime(step, config.sample.every_steps, total,
-                                                 last=final and not preempted):
-          with writer.timed("sample"):
-            last_samples = run_samples(step)
-          meter.mark(step)
-        if preempted:
-          logging.warning("preempted: checkpoint of step %d written; exiting cleanly", step)
-          break
-  finally:
-    ckpt.close()
-    writer.close()
-  return {"first_step": first, "last_step": step, "total_steps": total, "train": last_metrics,
-          "throughput": last_rates,
-          "eval": last_eval, "seconds": time.time() - t0, "preempted": preempted,
-          "finished": step == total, "state": state, "config": config,
-          "samples": last_samples}
+  summary = train_loop.run(
+      config=config, state=state, first=first, total=total, step_fn=step_fn,
+      step_args=(tok_vars,), data=data, mesh=mesh, rules=rules, ckpt=ckpt, writer=writer,
+      meter=meter, meta=lambda step: _run_meta(config, step, mesh, tok_info),
+      console=("loss", "loss/code_loss", "loss/position_loss"),
+      periodic=[train_loop.Periodic("eval", config.eval.every_steps, run_eval, initial={},
+                                    in_mesh=False, enabled=config.eval.every_steps > 0),
+                train_loop.Periodic("samples", config.sample.every_steps, run_samples,
+                                    in_mesh=False, enabled=sampler is not None)])
+  return {**summary, "config": config}
