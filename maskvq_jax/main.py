@@ -59,6 +59,16 @@ def main(argv):
   if config.trainer not in trainers.TRAINERS:
     raise cli.UserError(f"config.trainer={config.trainer!r}: expected one of "
                         f"{', '.join(sorted(trainers.TRAINERS))}")
+  from maskvq_jax.core import files  # pylint: disable=g-import-not-at-top
+  try:  # every location the user gave: a known URL scheme or a local path (file:// is local)
+    workdir = files.user_location(_WORKDIR.value or "", "--workdir")
+    for section, key in ((config, "resume"), (config, "tokenizer"),
+                         (config.get("input") or {}, "tokens_dir")):
+      if section.get(key):
+        name = "config.input." + key if key == "tokens_dir" else "config." + key
+        section[key] = files.user_location(section[key], name)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from e
   init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:  # keep TensorFlow (tf.data / TFDS / TensorBoard) off the accelerators
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -72,7 +82,7 @@ def main(argv):
   compile_cache.enable(config.get("compile_cache_dir", "auto"))  # before anything compiles
   trainer = trainers.get(config.trainer)
   try:
-    summary = trainer.train(config, _WORKDIR.value)
+    summary = trainer.train(config, workdir)
   except (checkpointing.CheckpointRestoreError, workdir_lock.WorkdirLockError) as e:
     raise cli.UserError(str(e)) from e  # the user's workdir / config; nothing was moved
   except (FloatingPointError, checkpointing.CheckpointWriteError) as e:

@@ -106,6 +106,16 @@ def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
   return value
 
 
+def _importable_config_package(path: str):
+  """Lets a config in a `configs/` package import its siblings (`from configs import common`)
+  when the command runs from another directory: the package's parent goes on sys.path."""
+  folder = os.path.dirname(os.path.abspath(path))
+  root = os.path.dirname(folder)
+  if (os.path.basename(folder) == "configs" and os.path.isfile(os.path.join(folder, "__init__.py"))
+      and root not in sys.path):
+    sys.path.append(root)
+
+
 def load_config_file(value: str, flag: str = "config"):
   """Loads `path.py[:arg]` as ml_collections' config flag does; user mistakes raise UserError."""
   path, colon, arg = value.partition(":")
@@ -118,6 +128,7 @@ def load_config_file(value: str, flag: str = "config"):
         folder) else []
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise UserError(f"--{flag}: no such config file: {path}{hint}")
+  _importable_config_package(path)
   spec = importlib.util.spec_from_file_location(f"_maskvq_{flag}_precheck", path)
   if spec is None or spec.loader is None:
     raise UserError(f"--{flag}: {path} is not a Python config file")

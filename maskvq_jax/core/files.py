@@ -35,9 +35,31 @@ def is_remote(path: PathLike) -> bool:
 
 
 def absolute(path: PathLike) -> str:
-  """Local paths made absolute (`~` expanded); URLs returned unchanged."""
+  """Local paths made absolute (`~` expanded; `file:///x` is the local `/x`); URLs unchanged."""
   path = os.fspath(path)
+  if path.startswith("file://"):
+    path = path[len("file://"):] or "/"
   return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def user_location(path: PathLike, what: str) -> str:
+  """A user-given location checked and made absolute (`absolute`), before anything is written.
+
+  Raises:
+    ValueError: an empty path, or a URL scheme no filesystem is registered for (names `what`).
+  """
+  path = os.fspath(path)
+  if not path:
+    raise ValueError(f"{what}: empty path")
+  path = absolute(path)
+  if is_remote(path):
+    try:
+      epath.Path(path)
+    except KeyError:
+      scheme = _split_url(path)[0]
+      raise ValueError(f"{what}={path!r}: no filesystem for {scheme} URLs (use a local path, "
+                       "file://, gs:// or another scheme etils.epath knows)") from None
+  return path
 
 
 def join(base: PathLike, *parts: str) -> str:
