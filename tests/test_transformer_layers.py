@@ -14,8 +14,7 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.parity.golden_stackformer import load_golden_stackformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
-from maskvq_jax.models.transformer import (grow_kv_cache, init_kv_cache, relayout, stack_layers,
-                                           unstack_layers)
+from maskvq_jax.models.transformer import relayout, run_layers, stack_layers, unstack_layers
 from maskvq_jax.core.sharding import RULES
 
 TINY = dict(vocab_size=17, position_size=13, block_size=12, d_model=32, n_heads=4, code_layers=3,
@@ -148,7 +147,7 @@ def test_scanned_dense_gpt_forward_and_grads():
 def test_scanned_stackformer_cached_greedy_decode(variant):
   model, params, scanned, stacked, inputs = _stackformer(variant)
   kw = dict(batch_size=3)
-  config = sampling.SamplerConfig(steps=8, greedy=True, cache_buckets=2)  # grows the caches
+  config = sampling.SamplerConfig(steps=8, greedy=True, cache_buckets=2)
   if variant == "class":
     kw = dict(labels=jnp.array([0, 2, 1]))
     config = sampling.SamplerConfig(steps=8, greedy=True, guidance_scale=2.0)
@@ -178,17 +177,16 @@ def test_scanned_dense_gpt_cached_greedy_decode():
   _close(out.code_logits, ref.code_logits)
 
 
-def test_stacked_kv_cache():
-  cache = init_kv_cache(3, 2, 4, 2, 5, stacked=True)
-  assert cache["k"].shape == (3, 2, 2, 4, 5)
-  cache["v"] = cache["v"].at[1, :, :, 2].set(7.0)
-  grown = grow_kv_cache(cache, 6)
-  assert grown["k"].shape == (3, 2, 2, 6, 5)
-  np.testing.assert_array_equal(grown["v"][:, :, :, :4], cache["v"])
-  np.testing.assert_array_equal(grown["v"][:, :, :, 4:], 0.0)
-  with pytest.raises(ValueError, match="shrink"):
-    grow_kv_cache(cache, 3)
-  assert Stackformer(**TINY, scan_layers=True).init_cache(2, 4)[1]["k"].shape == (2, 2, 4, 4, 8)
+def test_scanned_decode_keeps_per_layer_caches():
+  _, _, scanned, stacked, _ = _stackformer("uncond")
+  code, pos = scanned.init_cache(2, 4)
+  assert len(code) == 3 and len(pos) == 2 and code[0]["k"].shape == (2, 4, 4, 8)
+  run = lambda m, train: run_layers(m.code_blocks, jnp.zeros((2, 1, 32)), None, train=train,
+                                    caches=code, index=0)
+  x, new = scanned.apply(stacked, False, method=run)
+  assert x.shape == (2, 1, 32) and len(new) == 3
+  with pytest.raises(ValueError, match="eval mode only"):  # no dropout rng on this path
+    scanned.apply(stacked, True, method=run)
 
 
 def test_golden_weights_on_scanned_model(official_small):

@@ -82,8 +82,7 @@ class DenseGPT(nn.Module):
 
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32) -> KVCache:
     """Empty KV cache for `length` steps (no params needed; call on the unbound module)."""
-    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype,
-                         stacked=self.scan_layers)
+    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype)
 
   def step(self, cache: KVCache, codes, index):
     """codes [B, S] at sequence offset `index` -> (logits [B, S, V], new cache)."""

@@ -6,12 +6,13 @@ blocks, so the three models run the same attention code and keep the official pa
 (`<stack>_<i>/{ln1, attn/{query, key, value, proj}, ln2, mlp_fc, mlp_out}`).
 
 A stack runs unrolled (one Python loop step per block, params `<stack>_0 .. <stack>_{n-1}`) or
-scanned (`nn.scan` over one block, params `<stack>/...` stacked on a leading "layers" axis, KV
-caches stacked the same way): the same function, compiled once per stack instead of once per
-block. `stack_layers` / `unstack_layers` / `relayout` convert weights between the two layouts
-(official checkpoints convert to the unrolled one). Blocks can recompute their activations in the
-backward pass (`remat_policy`).
+scanned (`nn.scan` over one block, params `<stack>/...` stacked on a leading "layers" axis): the
+same function, compiled once per stack instead of once per block. KV-cached decoding uses one
+cache per layer in both layouts (see `run_layers`). `stack_layers` / `unstack_layers` /
+`relayout` convert weights between the two layouts (official checkpoints convert to the unrolled
+one). Blocks can recompute their activations in the backward pass (`remat_policy`).
 """
+import dataclasses
 import functools
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -21,9 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-# Unrolled: one {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer (a list); scanned: one
-# {"k": [n, B, H, L, Dh], "v": ...} dict stacked over the n layers.
-KVCache = Union[list, dict]
+KVCache = list  # One {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer.
 # Cross-attention inputs: (per-layer [(k, v)] or, scanned, (k, v) stacked [n, B, H, Lc, Dh],
 # mask [B, Lc] bool).
 Context = tuple
@@ -40,8 +39,8 @@ ATTENTION_IMPLS = ("xla", "dot_product")
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
 CACHE_NAMES = ("batch", "heads", "length", "head_dim")
-# Logical name of the leading axis of scanned params and stacked caches. No sharding preset maps
-# it, so it stays unsharded (each device holds all layers of its shard).
+# Logical name of the leading axis of scanned params. No sharding preset maps it, so it stays
+# unsharded (each device holds all layers of its shard).
 LAYERS = "layers"
 # remat_policy -> jax.checkpoint policy (None = save nothing, recompute the whole block).
 REMAT_POLICIES = {
@@ -111,41 +110,33 @@ def causal_mask(q_len: int, k_len: int, offset=0) -> jax.Array:
 
 
 # ----- KV cache -----------------------------------------------------------------------------
-def _cache_names(x) -> tuple:
-  return CACHE_NAMES if x.ndim == len(CACHE_NAMES) else (LAYERS,) + CACHE_NAMES
-
-
 def init_kv_cache(n_layers: int, batch: int, length: int, n_heads: int, head_dim: int,
-                  dtype: Dtype = jnp.float32, *, stacked: bool = False) -> KVCache:
-  """Zero KV cache (static shapes): one {"k", "v"} pair of [B, H, L, Dh] per layer, or with
-  `stacked` (scanned layers) one pair of [n_layers, B, H, L, Dh]."""
-  shape = (batch, n_heads, length, head_dim)
-  def zeros(shape):
-    x = jnp.zeros(shape, dtype)
-    return nn.with_logical_constraint(x, _cache_names(x))
-  if stacked:
-    return {"k": zeros((n_layers,) + shape), "v": zeros((n_layers,) + shape)}
-  return [{"k": zeros(shape), "v": zeros(shape)} for _ in range(n_layers)]
+                  dtype: Dtype = jnp.float32) -> KVCache:
+  """Zero KV cache, one {"k", "v"} pair of [B, H, L, Dh] per layer (static shapes)."""
+  def zeros():
+    return nn.with_logical_constraint(jnp.zeros((batch, n_heads, length, head_dim), dtype),
+                                      CACHE_NAMES)
+  return [{"k": zeros(), "v": zeros()} for _ in range(n_layers)]
 
 
 def grow_kv_cache(cache: KVCache, length: int) -> KVCache:
-  """The cache (either layout) with its length axis zero-padded to `length` (entries kept).
+  """The cache with its length axis zero-padded to `length` (entries kept in place).
 
   The sampler decodes in buckets of steps with growing static cache lengths, so early steps
   attend over (and read) a short cache instead of the final one; see `sampling`.
   """
   def grow(x):
-    pad = length - x.shape[-2]
+    pad = length - x.shape[2]
     if pad < 0:
-      raise ValueError(f"cannot shrink a KV cache of length {x.shape[-2]} to {length}")
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)]) if pad else x
-    return nn.with_logical_constraint(x, _cache_names(x))
-  return jax.tree.map(grow, cache)
+      raise ValueError(f"cannot shrink a KV cache of length {x.shape[2]} to {length}")
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+    return nn.with_logical_constraint(x, CACHE_NAMES)
+  return [{name: grow(x) for name, x in layer.items()} for layer in cache]
 
 
 def cache_length(cache: KVCache) -> int:
-  """Static length L of a KV cache (either layout)."""
-  return jax.tree.leaves(cache)[0].shape[-2]
+  """Static length L of a KV cache."""
+  return cache[0]["k"].shape[2]
 
 
 # ----- attention and block ------------------------------------------------------------------
@@ -304,6 +295,7 @@ class LayerBlock(Block):
 
 
 def check_remat_policy(name: str) -> str:
+  """`name` if it is one of REMAT_POLICIES, else a ValueError listing them."""
   if name not in REMAT_POLICIES:
     raise ValueError(f"remat_policy={name!r}; choose one of {tuple(REMAT_POLICIES)}")
   return name
@@ -362,19 +354,36 @@ def run_layers(layers: Layers, x, mask, *, train: bool, caches=None, index=None,
     x: [B, S, D] input.
     mask: attention mask broadcastable to [B, H, S, L]; None = causal over S.
     train: dropout on.
-    caches: KV caches of the stack's layout (`init_kv_cache(stacked=scanned)`), for decoding
-      with x at sequence offset `index`.
+    caches: per-layer KV caches (`init_kv_cache`), for decoding (eval mode) with x at
+      sequence offset `index`.
     context: (`layer_contexts` output, mask [B, Lc] bool) for cross-attention blocks.
 
   Returns:
-    (x [B, S, D], new caches in the layout of `caches`; Nones / None without caches).
+    (x [B, S, D], new caches; Nones / None without caches).
+
+  A scanned stack decodes (with `caches`) block by block on its slices of the stacked params,
+  with the per-layer caches updated in place; a scan over stacked caches would copy each layer's
+  cache into and out of the scan at every step and hold two copies of all caches. XLA still
+  copies the weight slices inside the decode loop, so sampling a scanned model is ~1.6x slower
+  than the unrolled one on CPU: for full speed, decode with the unrolled model on
+  `relayout(..., scanned=False)` weights (the same function).
   """
   kvs = context_mask = None
   if context is not None:
     kvs, cmask = context
     context_mask = cmask[:, None, None, :]
-  if _scanned(layers):  # Carry x; scan over (params, cache, context kv) per layer.
-    return layers(x, (caches, kvs), mask, train, index, context_mask)
+  if _scanned(layers) and caches is None:
+    return layers(x, (None, kvs), mask, train, index, context_mask)
+  if _scanned(layers):
+    if train:
+      raise ValueError("KV-cached layers run in eval mode only (train=False)")
+    block = LayerBlock(**{f.name: getattr(layers, f.name) for f in dataclasses.fields(LayerBlock)
+                          if f.init and f.name not in ("parent", "name")}, parent=None)
+    stacked = nn.meta.unbox(layers.variables["params"])
+    at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    layers = [functools.partial(block.apply, {"params": at(stacked, i)})
+              for i in range(len(caches))]
+    kvs = None if kvs is None else [at(kvs, i) for i in range(len(caches))]
   new_caches = []
   for i, blk in enumerate(layers):
     layer = (None if caches is None else caches[i], None if kvs is None else kvs[i])
