@@ -366,7 +366,8 @@ def run_layers(layers: Layers, x, mask, *, train: bool, caches=None, index=None,
   cache into and out of the scan at every step and hold two copies of all caches. XLA still
   copies the weight slices inside the decode loop, so sampling a scanned model is ~1.6x slower
   than the unrolled one on CPU: for full speed, decode with the unrolled model on
-  `relayout(..., scanned=False)` weights (the same function).
+  `relayout(..., scanned=False)` weights (the same function; the samplers do, see
+  `stage2.sampling.unrolled`).
   """
   kvs = context_mask = None
   if context is not None:
