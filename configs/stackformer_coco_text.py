@@ -14,7 +14,8 @@ from configs import stackformer_common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, tokenizer="", keep=-1.0, batch=240, rules="dp", fsdp=1, model=1)
-  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, text=True)
+  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, text=True,
+                                     scan_layers=True)  # each stack compiles as one scan
   c.model.cond_dropout = 0.1
   c.expect.keep_ratio = arg.keep
   c.input.update(name="coco_captions", source="tfds", split="train", num_train_examples=118_287,

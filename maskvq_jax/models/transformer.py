@@ -16,6 +16,7 @@ import dataclasses
 import functools
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,11 @@ ONES = nn.initializers.ones_init()
 LN_EPS = 1e-5  # torch.nn.LayerNorm default.
 
 ACT_NAMES = ("batch", "length", "embed")
-ATTENTION_IMPLS = ("xla", "dot_product")
+# "xla": einsum + float32 softmax (exact official numerics); "dot_product":
+# jax.nn.dot_product_attention's XLA implementation; "cudnn": its cuDNN fused kernel, falling back
+# to "dot_product" (one logged note per reason) where cuDNN cannot run it: no GPU / cuDNN, float32
+# inputs (cuDNN needs bf16 / fp16), unsupported head size or mask.
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
 # Cache layout [B, H, L, Dh] (heads before length): the per-step q.k^T and weights.v contractions
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
@@ -140,6 +145,27 @@ def cache_length(cache: KVCache) -> int:
 
 
 # ----- attention and block ------------------------------------------------------------------
+_FALLBACK_NOTES = set()  # reasons already logged (one note each, not one per layer or trace)
+
+
+def fused_attention(q, k, v, *, scale: float, mask, impl: str):
+  """jax.nn.dot_product_attention of q [B, S, H, Dh], k / v [B, L, H, Dh]; mask None = causal.
+
+  impl "cudnn" asks for the cuDNN kernel and falls back to the XLA one where cuDNN refuses at trace
+  time (no cuDNN on this backend, dtype, shapes); "dot_product" is the XLA one.
+  """
+  kw = dict(scale=scale, mask=mask, is_causal=mask is None)
+  if impl == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kw)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+      note = f"{type(e).__name__}: {e}"
+      if note not in _FALLBACK_NOTES:
+        _FALLBACK_NOTES.add(note)
+        logging.warning("attention_impl='cudnn' unavailable here (%s); using XLA attention", note)
+  return jax.nn.dot_product_attention(q, k, v, **kw)
+
+
 class Attention(nn.Module):
   """minGPT multi-head attention: separate q/k/v Linear (with bias), scale 1/sqrt(head_dim).
 
@@ -151,9 +177,8 @@ class Attention(nn.Module):
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: Dtype = jnp.float32
-  # "xla": einsum + float32 softmax (exact official numerics); "dot_product":
-  # jax.nn.dot_product_attention (cuDNN flash attention on GPUs where it applies). The fused path
-  # has no attention-weight dropout, so it is used only when that dropout is inactive.
+  # One of ATTENTION_IMPLS. The fused paths ("dot_product", "cudnn") have no attention-weight
+  # dropout, so they are used only when that dropout is inactive.
   impl: str = "xla"
 
   def setup(self):
@@ -183,10 +208,10 @@ class Attention(nn.Module):
     mask None means causal over equal-length q and k (the teacher-forced forward).
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
-    if self.impl == "dot_product" and not (train and self.attn_dropout > 0):
+    if self.impl != "xla" and not (train and self.attn_dropout > 0):
       t = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, S, Dh] -> [B, S, H, Dh]
-      y = jax.nn.dot_product_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
-                                       mask=mask, is_causal=mask is None)
+      y = fused_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
+                          mask=mask, impl=self.impl)
       y = y.reshape(y.shape[:2] + (self.d_model,))
       return self.resid_drop(self.proj(y), deterministic=not train)
     if mask is None:
@@ -455,3 +480,14 @@ def relayout(variables: Mapping, stacks: Mapping[str, int], *, scanned: bool) ->
       if f"{prefix}_{n - 1}" not in params or f"{prefix}_{n}" in params:
         raise ValueError(f"stacked layers {prefix!r} do not hold {n} layers")
   return params
+
+
+def relayout_tree(tree: Any, stacks: Mapping[str, int], *, scanned: bool) -> Any:
+  """`relayout` of every model-params dict inside `tree` (a train state: params, their EMA, the
+  optimizer's moments); a params dict is one holding a stack (`prefix` or `prefix_0` of
+  `stacks`). Everything else is kept. Converts a checkpoint's whole train state across layouts.
+  """
+  def is_params(x):
+    return isinstance(x, Mapping) and any(p in x or f"{p}_0" in x for p in stacks)
+  return jax.tree.map(lambda x: relayout(x, stacks, scanned=scanned) if is_params(x) else x,
+                      tree, is_leaf=is_params)
