@@ -28,7 +28,8 @@ POD_SLICE = "rules=fsdp,fsdp=4,batch=256"
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, tokenizer="", keep=-1.0, batch=240, rules="dp", fsdp=1, model=1)
-  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, text=True)
+  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, text=True,
+                                     scan_layers=True)  # each stack compiles as one scan
   c.model.cond_dropout = 0.1
   c.expect.keep_ratio = arg.keep
   c.input.update(name="coco_captions", source="tfds", split="train", num_train_examples=118_287,

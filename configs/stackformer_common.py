@@ -14,7 +14,7 @@ from configs import common
 
 
 def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12, 12),
-                dropout=0.1, n_classes=0, text=False):
+                dropout=0.1, n_classes=0, text=False, scan_layers=False):
   """The authors' stackformer_uncond.py / stackformer_class.py optimisation and model settings."""
   c = mlc.ConfigDict()
   c.trainer = "stackformer"
@@ -45,7 +45,16 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
       vocab_size=0, position_size=0, block_size=0,   # 0: derived from the tokenizer
       d_model=d_model, n_heads=n_heads, code_layers=layers[0], position_layers=layers[1],
       embd_dropout=dropout, resid_dropout=dropout, attn_dropout=dropout,
-      n_classes=n_classes, null_class=False, text_dim=0, cond_dropout=0.0))
+      n_classes=n_classes, null_class=False, text_dim=0, cond_dropout=0.0,
+      # Execution options: the same function and weights, changeable on resume
+      # (maskvq_jax/models/transformer.py). scan_layers: each transformer is one nn.scan over its
+      # blocks (compiles once per stack, not once per block; params stacked on a "layers" axis;
+      # a checkpoint of the other layout is converted on restore, samplers decode per layer).
+      # remat_policy: none | full | dots_saveable | dots_with_no_batch_dims_saveable (what a block
+      # keeps for the backward pass). attention_impl: xla (einsum, exact official numerics) |
+      # dot_product (jax.nn.dot_product_attention, XLA) | cudnn (cuDNN fused attention on GPUs;
+      # XLA with a logged note where cuDNN is unavailable).
+      scan_layers=scan_layers, remat_policy="none", attention_impl="xla"))
   # Byte-level text encoder (maskvq_jax/models/text_encoder.py), trained jointly; text models only.
   c.text_encoder = mlc.ConfigDict(dict(enabled=text, d_model=512, n_heads=8, n_layers=4,
                                        dropout=dropout))

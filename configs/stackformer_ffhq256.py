@@ -29,7 +29,8 @@ POD_SLICE = "rules=fsdp,fsdp=4,batch=256"
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, tokenizer="", keep=-1.0, batch=240, rules="dp", fsdp=1)
-  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch)
+  # scan_layers: the 24 blocks compile as two scans (same weights and function, golden-tested)
+  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, scan_layers=True)
   c.expect.keep_ratio = arg.keep
   c.input.update(name="image_folder/ffhq", source="tfds", split="train", num_train_examples=60_000,
                  augment="rrc_flip")

@@ -34,7 +34,8 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, tokenizer="", keep=-1.0, large=False, null=False, batch=240,
                          rules="dp", fsdp=1, model=1)
   layers = (24, 24) if arg.large else (12, 12)
-  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, layers=layers)
+  c = stackformer_common.stage2_base(tokenizer=arg.tokenizer, batch=arg.batch, layers=layers,
+                                     scan_layers=True)  # each stack compiles as one scan
   stackformer_common.class_conditional(c, 1000, null_class=arg.null, cond_dropout=0.1)
   c.expect.keep_ratio = arg.keep
   c.input.update(name="imagenet2012", source="tfds", split="train",

@@ -14,8 +14,7 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.parity.golden_stackformer import load_golden_stackformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
-from maskvq_jax.models.transformer import (grow_kv_cache, init_kv_cache, relayout, stack_layers,
-                                           unstack_layers)
+from maskvq_jax.models.transformer import relayout, run_layers, stack_layers, unstack_layers
 from maskvq_jax.core.sharding import RULES
 
 TINY = dict(vocab_size=17, position_size=13, block_size=12, d_model=32, n_heads=4, code_layers=3,
@@ -144,21 +143,28 @@ def test_scanned_dense_gpt_forward_and_grads():
   _close(g, ref_g, 1e-4)
 
 
+# Stochastic sampling with every filter on: any difference in logits can change a draw.
+SAMPLE = dict(temperature=1.3, top_k=9, top_p=0.9, position_top_k=6, position_top_p=0.95)
+
+
 @pytest.mark.parametrize("variant", ["uncond", "class", "text"])
-def test_scanned_stackformer_cached_greedy_decode(variant):
+def test_scanned_stackformer_samples_equal_unrolled(variant):
+  """Same weights, same rng: a scan_layers=True model samples exactly what the unrolled one does."""
   model, params, scanned, stacked, inputs = _stackformer(variant)
   kw = dict(batch_size=3)
-  config = sampling.SamplerConfig(steps=8, greedy=True, cache_buckets=2)  # grows the caches
+  config = sampling.SamplerConfig(steps=8, cache_buckets=2, **SAMPLE)
   if variant == "class":
     kw = dict(labels=jnp.array([0, 2, 1]))
-    config = sampling.SamplerConfig(steps=8, greedy=True, guidance_scale=2.0)
+    config = sampling.SamplerConfig(steps=8, guidance_scale=2.0, **SAMPLE)
   if variant == "text":
     kw = dict(text=inputs["text"], text_mask=inputs["text_mask"])
-  ref = sampling.sample(model, params, jax.random.key(0), config, return_logits=True, **kw)
-  out = sampling.sample(scanned, stacked, jax.random.key(0), config, return_logits=True, **kw)
+  ref = sampling.sample(model, params, jax.random.key(3), config, return_logits=True, **kw)
+  out = sampling.sample(scanned, stacked, jax.random.key(3), config, return_logits=True, **kw)
   np.testing.assert_array_equal(out.codes, ref.codes)
   np.testing.assert_array_equal(out.positions, ref.positions)
-  _close((out.code_logits, out.position_logits), (ref.code_logits, ref.position_logits))
+  _close((out.code_logits, out.position_logits), (ref.code_logits, ref.position_logits), 0)
+  other = sampling.sample(scanned, stacked, jax.random.key(4), config, **kw)
+  assert not np.array_equal(other.codes, out.codes)  # the draws do depend on the rng
   # The cached steps equal the scanned model's own teacher-forced forward.
   if variant != "class":  # (guided logits are not one forward's logits)
     s = split_sequences(*make_sequences(scanned, out.codes, out.positions, sort=False))
@@ -167,28 +173,49 @@ def test_scanned_stackformer_cached_greedy_decode(variant):
     _close((code[:, :8], pos[:, :8]), (out.code_logits, out.position_logits))
 
 
-def test_scanned_dense_gpt_cached_greedy_decode():
+def test_scanned_dense_gpt_samples_equal_unrolled():
   model, params, scanned, stacked, _ = _dense()
-  config = sampling.SamplerConfig(steps=9, greedy=True, cache_buckets=3)
+  config = sampling.SamplerConfig(steps=9, cache_buckets=3, temperature=1.3, top_k=9, top_p=0.9)
   ref = sampling.sample_dense(model, params, jax.random.key(0), config, batch_size=2,
                               return_logits=True)
   out = sampling.sample_dense(scanned, stacked, jax.random.key(0), config, batch_size=2,
                               return_logits=True)
   np.testing.assert_array_equal(out.codes, ref.codes)
-  _close(out.code_logits, ref.code_logits)
+  _close(out.code_logits, ref.code_logits, 0)
+  inputs = jnp.concatenate([jnp.full((2, 1), model.sos_token), out.codes[:, :-1]], axis=1)
+  _close(scanned.apply(stacked, inputs), out.code_logits)
 
 
-def test_stacked_kv_cache():
-  cache = init_kv_cache(3, 2, 4, 2, 5, stacked=True)
-  assert cache["k"].shape == (3, 2, 2, 4, 5)
-  cache["v"] = cache["v"].at[1, :, :, 2].set(7.0)
-  grown = grow_kv_cache(cache, 6)
-  assert grown["k"].shape == (3, 2, 2, 6, 5)
-  np.testing.assert_array_equal(grown["v"][:, :, :, :4], cache["v"])
-  np.testing.assert_array_equal(grown["v"][:, :, :, 4:], 0.0)
-  with pytest.raises(ValueError, match="shrink"):
-    grow_kv_cache(cache, 3)
-  assert Stackformer(**TINY, scan_layers=True).init_cache(2, 4)[1]["k"].shape == (2, 2, 4, 4, 8)
+def test_sampler_unrolls_scanned_models():
+  model, params, scanned, stacked, _ = _stackformer("uncond")
+  m, p = sampling.unrolled(scanned, stacked)
+  assert m == model and jax.tree.structure(p) == jax.tree.structure(nn.meta.unbox(params))
+  _close(p, params, 0)
+  assert sampling.unrolled(model, params) == (model, params)
+
+
+def test_scanned_decode_keeps_per_layer_caches():
+  """The model's own cached step on stacked params (block by block) = the unrolled step."""
+  model, params, scanned, stacked, _ = _stackformer("uncond")
+  code, pos = scanned.init_cache(2, 4)
+  assert len(code) == 3 and len(pos) == 2 and code[0]["k"].shape == (2, 4, 4, 8)
+  run = lambda m, train: run_layers(m.code_blocks, jnp.zeros((2, 1, 32)), None, train=train,
+                                    caches=code, index=0)
+  x, new = scanned.apply(stacked, False, method=run)
+  assert x.shape == (2, 1, 32) and len(new) == 3
+  with pytest.raises(ValueError, match="eval mode only"):  # no dropout rng on this path
+    scanned.apply(stacked, True, method=run)
+  runs = [(model, params), (scanned, stacked)]
+  caches = [m.init_cache(2, 4)[0] for m, _ in runs]
+  for t, (c, p) in enumerate([(16, 12), (3, 5), (7, 0)]):  # sos, then two steps
+    codes, positions = jnp.full((2, 1), c), jnp.full((2, 1), p)
+    outs = []
+    for i, (m, v) in enumerate(runs):
+      logits, hidden, caches[i] = m.apply(v, caches[i], codes, positions, t,
+                                          method=Stackformer.code_step)
+      outs.append((logits, hidden))
+    _close(outs[1], outs[0])
+  _close(caches[1], caches[0])
 
 
 def test_golden_weights_on_scanned_model(official_small):

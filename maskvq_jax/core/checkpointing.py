@@ -39,6 +39,9 @@ import orbax.checkpoint as ocp
 from maskvq_jax.core import files
 # A config check: (stored meta, own_run) -> list of "field: checkpoint X vs config Y" differences.
 MetaCheck = Callable[[dict, bool], list]
+# fn(meta of a step) -> None (restore onto this run's abstract state) or (abstract state in the
+# stored layout, fn converting the restored state to this run's), e.g. stage 2's scan_layers.
+LayoutAdapter = Callable[[dict], Optional[tuple]]
 
 _SHOWN = 6  # differences named in one message
 
@@ -223,18 +226,23 @@ class Checkpointer:
     return meta
 
   def restore_latest(self, abstract_state: Any, check: Optional[MetaCheck] = None,
-                     own_run: bool = True, hint: str = ""):
+                     own_run: bool = True, hint: str = "",
+                     adapt: Optional[LayoutAdapter] = None):
     """Newest restorable step: (step, state, meta, data_state), or None if there is none.
 
     `check(meta, own_run)` compares the stored config with this run's; it and a tree mismatch
     raise IncompatibleCheckpointError (nothing moved). Unreadable steps are quarantined (read-only:
-    skipped) and the previous step is tried; transient errors are raised.
+    skipped) and the previous step is tried; transient errors are raised. `adapt` (see
+    LayoutAdapter) restores a step stored in another layout of the same weights and converts it.
     """
     for step in reversed(self.all_steps()):
-      error = None
+      error, convert = None, None
       try:
-        self.check_step(step, abstract_state, check, own_run, hint)
-        out = (step,) + self.restore(step, abstract_state)
+        target = abstract_state
+        if adapt is not None:
+          target, convert = adapt(self.read_step_meta(step)) or (abstract_state, None)
+        self.check_step(step, target, check, own_run, hint)
+        out = (step,) + self.restore(step, target)
       except IncompatibleCheckpointError:
         raise
       except BaseException as e:  # pylint: disable=broad-except  # classified just below
@@ -242,6 +250,9 @@ class Checkpointer:
           raise
         error, out = e, None
       if not self._agree_unreadable(error is not None):
+        if convert is not None:
+          logging.info("checkpoint step %d was stored in another layer layout; converted", step)
+          out = (out[0], convert(out[1])) + out[2:]
         return out
       if error is None:  # readable here but not on another process: unreadable for the run
         error = RuntimeError("unreadable on another process")
@@ -317,12 +328,14 @@ def gather_process_states(state: Any) -> dict:
 
 
 def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = "",
-                         check: Optional[MetaCheck] = None):
+                         check: Optional[MetaCheck] = None,
+                         adapt: Optional[LayoutAdapter] = None):
   """The resume order of both trainers: this run's checkpoints -> `resume` -> None (scratch).
 
   `resume` is another run's workdir (its `checkpoints/` is used) or a checkpoint directory; it is
   only read (read-only checkpointer). `check(meta, own_run)` compares stored configs (own_run is
-  False for `resume`). Returns (step, state, meta, data_state) or None.
+  False for `resume`); `adapt`: see `Checkpointer.restore_latest`. Returns (step, state, meta,
+  data_state) or None.
 
   Raises:
     IncompatibleCheckpointError: a checkpoint of another configuration or state structure.
@@ -330,7 +343,7 @@ def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = 
   """
   wd = ckpt.directory.parent
   restored = ckpt.restore_latest(
-      abstract_state, check, own_run=True,
+      abstract_state, check, own_run=True, adapt=adapt,
       hint=f" Rerun with that run's settings, move {ckpt.directory} away yourself, or train in a "
            f"new --workdir (--config.resume={wd} starts from these weights if the model is the "
            "same).")
@@ -343,7 +356,7 @@ def restore_for_training(ckpt: Checkpointer, abstract_state: Any, resume: str = 
     if not steps:
       raise CheckpointRestoreError(f"config.resume={resume!r}: no checkpoint in {src}")
     restored = ro.restore_latest(
-        abstract_state, check, own_run=False,
+        abstract_state, check, own_run=False, adapt=adapt,
         hint=" config.resume must name a run of the same model.")
     if restored is None:
       raise CheckpointRestoreError(

@@ -261,16 +261,17 @@ def check_finite(pending: list) -> list:
 
 
 def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, state_sh,
-                      check=None):
+                      check=None, adapt=None):
   """Both trainers' start: restore (workdir -> `resume`) with the data position, else init.
 
   `check` (core/resume_guard.checker) compares each checkpoint's stored config with this run's
   before anything is restored; a difference is an IncompatibleCheckpointError, nothing moved.
+  `adapt` (checkpointing.LayoutAdapter) restores a checkpoint stored in another layer layout.
   """
   latest = ckpt.latest_step()
   if latest is not None:  # a preemption notice during the restore then stops after step latest + 1
     announce_step(latest)
-  restored = checkpointing.restore_for_training(ckpt, abstract, resume, check)
+  restored = checkpointing.restore_for_training(ckpt, abstract, resume, check, adapt)
   if restored is not None:
     step0, state, _, data_state = restored
     if data_state:

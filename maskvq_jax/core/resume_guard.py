@@ -18,13 +18,18 @@ reshard), `compute_dtype` (params and optimizer stay float32), the input pipelin
 `input.batch_size` (the data position is kept in examples; with `optim.lr < 0` the learning rate
 follows the new global batch by the authors' rule base_lr x batch), paths (`input.data_dir`,
 `tokenizer`, `resume`) and the lock options. A field present on only one side (a checkpoint from
-an older code version) is not compared.
+an older code version) is not compared. Also free, although under `model.*`: the EXECUTION_FIELDS,
+which change how the same weights are computed, not the weights: `model.remat_policy`,
+`model.attention_impl` and `model.scan_layers` (the stage-2 trainer restores a checkpoint stored in
+the other layer layout and converts it with `transformer.relayout_tree`).
 """
 import json
 from typing import Any, Callable, Optional
 
 STATE_FIELDS = ("trainer", "model", "disc", "text_encoder")
 RUN_FIELDS = ("optim", "loss", "seed", "param_ema", "ema_updates_per_step")
+EXECUTION_FIELDS = ("model.scan_layers", "model.remat_policy", "model.attention_impl",
+                    "model.remat")
 
 
 def _norm(v: Any) -> Any:
@@ -44,6 +49,8 @@ def differences(stored: dict, current: dict, fields, prefix: str = "") -> list[s
       continue
     a, b = _norm(stored[k]), _norm(current[k])
     name = f"{prefix}{k}"
+    if name in EXECUTION_FIELDS:
+      continue
     if isinstance(a, dict) and isinstance(b, dict):
       out += differences(a, b, [x for x in b if x in a], prefix=name + ".")
     elif a != b:

@@ -19,8 +19,8 @@ Dtype = Any
 class DenseGPT(nn.Module):
   """minGPT over dense code sequences (token + learned absolute position embedding).
 
-  scan_layers / remat_policy: as in `Stackformer` (params `blocks/...` stacked on a leading
-  "layers" axis instead of `blocks_<i>`; `layer_stacks` for `transformer.relayout`).
+  scan_layers / remat_policy / attention_impl: as in `Stackformer` (params `blocks/...` stacked on
+  a leading "layers" axis instead of `blocks_<i>`; `layer_stacks` for `transformer.relayout`).
   """
   vocab_size: int  # codebook_size + 1 (sos = codebook_size).
   block_size: int  # N, the number of grid tokens.
@@ -33,6 +33,7 @@ class DenseGPT(nn.Module):
   dtype: Dtype = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
 
   @property
   def codebook_size(self) -> int:
@@ -59,8 +60,8 @@ class DenseGPT(nn.Module):
                               (self.block_size, self.d_model), jnp.float32)
     self.blocks = make_layers(self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
                               attn_dropout=self.attn_dropout, resid_dropout=self.resid_dropout,
-                              dtype=self.dtype, scan=self.scan_layers,
-                              remat_policy=self.remat_policy)
+                              dtype=self.dtype, attention_impl=self.attention_impl,
+                              scan=self.scan_layers, remat_policy=self.remat_policy)
     self.head_ln = layer_norm(self.dtype)
     self.head = dense(self.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
                       f32_out=True)
@@ -82,8 +83,7 @@ class DenseGPT(nn.Module):
 
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32) -> KVCache:
     """Empty KV cache for `length` steps (no params needed; call on the unbound module)."""
-    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype,
-                         stacked=self.scan_layers)
+    return init_kv_cache(self.n_layers, batch, length, self.n_heads, self.head_dim, dtype)
 
   def step(self, cache: KVCache, codes, index):
     """codes [B, S] at sequence offset `index` -> (logits [B, S, V], new cache)."""

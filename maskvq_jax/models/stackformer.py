@@ -49,8 +49,8 @@ class Stackformer(nn.Module):
 
   Performance options (same function, see `transformer.py`): attention_impl; scan_layers (each
   transformer is one `nn.scan` over its blocks: params `code_blocks/...`, `position_blocks/...`
-  stacked on a leading "layers" axis instead of `code_blocks_<i>` ..., KV caches stacked too;
-  convert weights with `transformer.relayout(variables, model.layer_stacks, scanned=True)`);
+  stacked on a leading "layers" axis instead of `code_blocks_<i>` ..., converted with
+  `transformer.relayout(variables, model.layer_stacks, scanned=True)`; KV caches stay per layer);
   remat_policy (none | full | dots_saveable | dots_with_no_batch_dims_saveable: what each block
   keeps for the backward pass). remat=True is the older spelling of remat_policy="full".
   """
@@ -70,7 +70,8 @@ class Stackformer(nn.Module):
   cond_dropout: float = 0.0
   use_abs_pos: bool = True
   dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"  # or "dot_product" (jax.nn.dot_product_attention); see Attention
+  attention_impl: str = "xla"  # or "dot_product" / "cudnn" (jax.nn.dot_product_attention); see
+  # transformer.ATTENTION_IMPLS
   remat: bool = False  # = remat_policy "full" (when remat_policy is "none")
   scan_layers: bool = False
   remat_policy: str = "none"
@@ -230,9 +231,8 @@ class Stackformer(nn.Module):
   # ----- KV-cached decoding -------------------------------------------------------------------
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32):
     """Empty (code_cache, position_cache) for `length` steps. Needs no params (call unbound)."""
-    kw = dict(batch=batch, length=length, n_heads=self.n_heads, head_dim=self.head_dim,
-              dtype=dtype, stacked=self.scan_layers)
-    return init_kv_cache(self.code_layers, **kw), init_kv_cache(self.position_layers, **kw)
+    return (init_kv_cache(self.code_layers, batch, length, self.n_heads, self.head_dim, dtype),
+            init_kv_cache(self.position_layers, batch, length, self.n_heads, self.head_dim, dtype))
 
   def code_step(self, cache: KVCache, codes, positions, index, context: Optional[Context] = None):
     """Code-Transformer on tokens at sequence offset `index` with a KV cache (eval mode).

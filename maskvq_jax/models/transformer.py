@@ -6,24 +6,24 @@ blocks, so the three models run the same attention code and keep the official pa
 (`<stack>_<i>/{ln1, attn/{query, key, value, proj}, ln2, mlp_fc, mlp_out}`).
 
 A stack runs unrolled (one Python loop step per block, params `<stack>_0 .. <stack>_{n-1}`) or
-scanned (`nn.scan` over one block, params `<stack>/...` stacked on a leading "layers" axis, KV
-caches stacked the same way): the same function, compiled once per stack instead of once per
-block. `stack_layers` / `unstack_layers` / `relayout` convert weights between the two layouts
-(official checkpoints convert to the unrolled one). Blocks can recompute their activations in the
-backward pass (`remat_policy`).
+scanned (`nn.scan` over one block, params `<stack>/...` stacked on a leading "layers" axis): the
+same function, compiled once per stack instead of once per block. KV-cached decoding uses one
+cache per layer in both layouts (see `run_layers`). `stack_layers` / `unstack_layers` /
+`relayout` convert weights between the two layouts (official checkpoints convert to the unrolled
+one). Blocks can recompute their activations in the backward pass (`remat_policy`).
 """
+import dataclasses
 import functools
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-# Unrolled: one {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer (a list); scanned: one
-# {"k": [n, B, H, L, Dh], "v": ...} dict stacked over the n layers.
-KVCache = Union[list, dict]
+KVCache = list  # One {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer.
 # Cross-attention inputs: (per-layer [(k, v)] or, scanned, (k, v) stacked [n, B, H, Lc, Dh],
 # mask [B, Lc] bool).
 Context = tuple
@@ -35,13 +35,17 @@ ONES = nn.initializers.ones_init()
 LN_EPS = 1e-5  # torch.nn.LayerNorm default.
 
 ACT_NAMES = ("batch", "length", "embed")
-ATTENTION_IMPLS = ("xla", "dot_product")
+# "xla": einsum + float32 softmax (exact official numerics); "dot_product":
+# jax.nn.dot_product_attention's XLA implementation; "cudnn": its cuDNN fused kernel, falling back
+# to "dot_product" (one logged note per reason) where cuDNN cannot run it: no GPU / cuDNN, float32
+# inputs (cuDNN needs bf16 / fp16), unsupported head size or mask.
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
 # Cache layout [B, H, L, Dh] (heads before length): the per-step q.k^T and weights.v contractions
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
 CACHE_NAMES = ("batch", "heads", "length", "head_dim")
-# Logical name of the leading axis of scanned params and stacked caches. No sharding preset maps
-# it, so it stays unsharded (each device holds all layers of its shard).
+# Logical name of the leading axis of scanned params. No sharding preset maps it, so it stays
+# unsharded (each device holds all layers of its shard).
 LAYERS = "layers"
 # remat_policy -> jax.checkpoint policy (None = save nothing, recompute the whole block).
 REMAT_POLICIES = {
@@ -111,44 +115,57 @@ def causal_mask(q_len: int, k_len: int, offset=0) -> jax.Array:
 
 
 # ----- KV cache -----------------------------------------------------------------------------
-def _cache_names(x) -> tuple:
-  return CACHE_NAMES if x.ndim == len(CACHE_NAMES) else (LAYERS,) + CACHE_NAMES
-
-
 def init_kv_cache(n_layers: int, batch: int, length: int, n_heads: int, head_dim: int,
-                  dtype: Dtype = jnp.float32, *, stacked: bool = False) -> KVCache:
-  """Zero KV cache (static shapes): one {"k", "v"} pair of [B, H, L, Dh] per layer, or with
-  `stacked` (scanned layers) one pair of [n_layers, B, H, L, Dh]."""
-  shape = (batch, n_heads, length, head_dim)
-  def zeros(shape):
-    x = jnp.zeros(shape, dtype)
-    return nn.with_logical_constraint(x, _cache_names(x))
-  if stacked:
-    return {"k": zeros((n_layers,) + shape), "v": zeros((n_layers,) + shape)}
-  return [{"k": zeros(shape), "v": zeros(shape)} for _ in range(n_layers)]
+                  dtype: Dtype = jnp.float32) -> KVCache:
+  """Zero KV cache, one {"k", "v"} pair of [B, H, L, Dh] per layer (static shapes)."""
+  def zeros():
+    return nn.with_logical_constraint(jnp.zeros((batch, n_heads, length, head_dim), dtype),
+                                      CACHE_NAMES)
+  return [{"k": zeros(), "v": zeros()} for _ in range(n_layers)]
 
 
 def grow_kv_cache(cache: KVCache, length: int) -> KVCache:
-  """The cache (either layout) with its length axis zero-padded to `length` (entries kept).
+  """The cache with its length axis zero-padded to `length` (entries kept in place).
 
   The sampler decodes in buckets of steps with growing static cache lengths, so early steps
   attend over (and read) a short cache instead of the final one; see `sampling`.
   """
   def grow(x):
-    pad = length - x.shape[-2]
+    pad = length - x.shape[2]
     if pad < 0:
-      raise ValueError(f"cannot shrink a KV cache of length {x.shape[-2]} to {length}")
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)]) if pad else x
-    return nn.with_logical_constraint(x, _cache_names(x))
-  return jax.tree.map(grow, cache)
+      raise ValueError(f"cannot shrink a KV cache of length {x.shape[2]} to {length}")
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+    return nn.with_logical_constraint(x, CACHE_NAMES)
+  return [{name: grow(x) for name, x in layer.items()} for layer in cache]
 
 
 def cache_length(cache: KVCache) -> int:
-  """Static length L of a KV cache (either layout)."""
-  return jax.tree.leaves(cache)[0].shape[-2]
+  """Static length L of a KV cache."""
+  return cache[0]["k"].shape[2]
 
 
 # ----- attention and block ------------------------------------------------------------------
+_FALLBACK_NOTES = set()  # reasons already logged (one note each, not one per layer or trace)
+
+
+def fused_attention(q, k, v, *, scale: float, mask, impl: str):
+  """jax.nn.dot_product_attention of q [B, S, H, Dh], k / v [B, L, H, Dh]; mask None = causal.
+
+  impl "cudnn" asks for the cuDNN kernel and falls back to the XLA one where cuDNN refuses at trace
+  time (no cuDNN on this backend, dtype, shapes); "dot_product" is the XLA one.
+  """
+  kw = dict(scale=scale, mask=mask, is_causal=mask is None)
+  if impl == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kw)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+      note = f"{type(e).__name__}: {e}"
+      if note not in _FALLBACK_NOTES:
+        _FALLBACK_NOTES.add(note)
+        logging.warning("attention_impl='cudnn' unavailable here (%s); using XLA attention", note)
+  return jax.nn.dot_product_attention(q, k, v, **kw)
+
+
 class Attention(nn.Module):
   """minGPT multi-head attention: separate q/k/v Linear (with bias), scale 1/sqrt(head_dim).
 
@@ -160,9 +177,8 @@ class Attention(nn.Module):
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: Dtype = jnp.float32
-  # "xla": einsum + float32 softmax (exact official numerics); "dot_product":
-  # jax.nn.dot_product_attention (cuDNN flash attention on GPUs where it applies). The fused path
-  # has no attention-weight dropout, so it is used only when that dropout is inactive.
+  # One of ATTENTION_IMPLS. The fused paths ("dot_product", "cudnn") have no attention-weight
+  # dropout, so they are used only when that dropout is inactive.
   impl: str = "xla"
 
   def setup(self):
@@ -192,10 +208,10 @@ class Attention(nn.Module):
     mask None means causal over equal-length q and k (the teacher-forced forward).
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
-    if self.impl == "dot_product" and not (train and self.attn_dropout > 0):
+    if self.impl != "xla" and not (train and self.attn_dropout > 0):
       t = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, S, Dh] -> [B, S, H, Dh]
-      y = jax.nn.dot_product_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
-                                       mask=mask, is_causal=mask is None)
+      y = fused_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
+                          mask=mask, impl=self.impl)
       y = y.reshape(y.shape[:2] + (self.d_model,))
       return self.resid_drop(self.proj(y), deterministic=not train)
     if mask is None:
@@ -304,6 +320,7 @@ class LayerBlock(Block):
 
 
 def check_remat_policy(name: str) -> str:
+  """`name` if it is one of REMAT_POLICIES, else a ValueError listing them."""
   if name not in REMAT_POLICIES:
     raise ValueError(f"remat_policy={name!r}; choose one of {tuple(REMAT_POLICIES)}")
   return name
@@ -362,19 +379,37 @@ def run_layers(layers: Layers, x, mask, *, train: bool, caches=None, index=None,
     x: [B, S, D] input.
     mask: attention mask broadcastable to [B, H, S, L]; None = causal over S.
     train: dropout on.
-    caches: KV caches of the stack's layout (`init_kv_cache(stacked=scanned)`), for decoding
-      with x at sequence offset `index`.
+    caches: per-layer KV caches (`init_kv_cache`), for decoding (eval mode) with x at
+      sequence offset `index`.
     context: (`layer_contexts` output, mask [B, Lc] bool) for cross-attention blocks.
 
   Returns:
-    (x [B, S, D], new caches in the layout of `caches`; Nones / None without caches).
+    (x [B, S, D], new caches; Nones / None without caches).
+
+  A scanned stack decodes (with `caches`) block by block on its slices of the stacked params,
+  with the per-layer caches updated in place; a scan over stacked caches would copy each layer's
+  cache into and out of the scan at every step and hold two copies of all caches. XLA still
+  copies the weight slices inside the decode loop, so sampling a scanned model is ~1.6x slower
+  than the unrolled one on CPU: for full speed, decode with the unrolled model on
+  `relayout(..., scanned=False)` weights (the same function; the samplers do, see
+  `stage2.sampling.unrolled`).
   """
   kvs = context_mask = None
   if context is not None:
     kvs, cmask = context
     context_mask = cmask[:, None, None, :]
-  if _scanned(layers):  # Carry x; scan over (params, cache, context kv) per layer.
-    return layers(x, (caches, kvs), mask, train, index, context_mask)
+  if _scanned(layers) and caches is None:
+    return layers(x, (None, kvs), mask, train, index, context_mask)
+  if _scanned(layers):
+    if train:
+      raise ValueError("KV-cached layers run in eval mode only (train=False)")
+    block = LayerBlock(**{f.name: getattr(layers, f.name) for f in dataclasses.fields(LayerBlock)
+                          if f.init and f.name not in ("parent", "name")}, parent=None)
+    stacked = nn.meta.unbox(layers.variables["params"])
+    at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    layers = [functools.partial(block.apply, {"params": at(stacked, i)})
+              for i in range(len(caches))]
+    kvs = None if kvs is None else [at(kvs, i) for i in range(len(caches))]
   new_caches = []
   for i, blk in enumerate(layers):
     layer = (None if caches is None else caches[i], None if kvs is None else kvs[i])
@@ -445,3 +480,14 @@ def relayout(variables: Mapping, stacks: Mapping[str, int], *, scanned: bool) ->
       if f"{prefix}_{n - 1}" not in params or f"{prefix}_{n}" in params:
         raise ValueError(f"stacked layers {prefix!r} do not hold {n} layers")
   return params
+
+
+def relayout_tree(tree: Any, stacks: Mapping[str, int], *, scanned: bool) -> Any:
+  """`relayout` of every model-params dict inside `tree` (a train state: params, their EMA, the
+  optimizer's moments); a params dict is one holding a stack (`prefix` or `prefix_0` of
+  `stacks`). Everything else is kept. Converts a checkpoint's whole train state across layouts.
+  """
+  def is_params(x):
+    return isinstance(x, Mapping) and any(p in x or f"{p}_0" in x for p in stacks)
+  return jax.tree.map(lambda x: relayout(x, stacks, scanned=scanned) if is_params(x) else x,
+                      tree, is_leaf=is_params)

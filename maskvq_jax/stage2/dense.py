@@ -40,7 +40,9 @@ def model_kwargs(m) -> dict:
               d_model=int(m["d_model"]), n_heads=int(m["n_heads"]),
               n_layers=int(m["code_layers"]) + int(m["position_layers"]),
               embd_dropout=float(m["embd_dropout"]), resid_dropout=float(m["resid_dropout"]),
-              attn_dropout=float(m["attn_dropout"]))
+              attn_dropout=float(m["attn_dropout"]),
+              # execution options (absent from older checkpoints' configs: the model defaults)
+              **{k: m[k] for k in ("scan_layers", "remat_policy", "attention_impl") if k in m})
 
 
 def sequences(model: DenseGPT, codes):

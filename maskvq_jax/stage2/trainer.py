@@ -58,6 +58,7 @@ from maskvq_jax.core import throughput
 from maskvq_jax.data import runs as ckpt_loader
 from maskvq_jax.evaluation import recon
 from maskvq_jax.models import text_encoder as text_lib
+from maskvq_jax.models import transformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
 
@@ -179,6 +180,7 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
       raise ValueError(f"{what}={n} must be >= 1")
   num_sampled = sharding_lib.padded_size("sample.num", config.sample.num, div)
   m = config.model
+  check_execution_options(m)
   if m.d_model % m.n_heads:
     raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
   if m.null_class and not m.n_classes:
@@ -205,6 +207,21 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
         text=np.zeros((n, 1, m.text_dim), np.float32) if m.text_dim else None,
         text_mask=np.ones((n, 1), bool) if m.text_dim else None,
         batch_size=n)
+
+
+def check_execution_options(m):
+  """model.scan_layers / remat_policy / attention_impl: ValueError naming a bad value."""
+  scan = m.get("scan_layers", False)
+  if not isinstance(scan, (bool, np.bool_)):
+    raise ValueError(f"model.scan_layers={scan!r}: expected True or False")
+  policy = m.get("remat_policy", "none")
+  if policy not in transformer.REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={policy!r}; choose one of "
+                     f"{', '.join(transformer.REMAT_POLICIES)}")
+  impl = m.get("attention_impl", "xla")
+  if impl not in transformer.ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl={impl!r}; choose one of "
+                     f"{', '.join(transformer.ATTENTION_IMPLS)}")
 
 
 def _model_kwargs(config) -> dict:
@@ -446,6 +463,30 @@ def _run_meta(config, step, mesh, tok_info) -> dict:
   return meta
 
 
+def layout_adapter(parts: Parts, rng, mesh, rules, state_sh):
+  """checkpointing.LayoutAdapter for `model.scan_layers`: a checkpoint written with the other
+  layer layout is restored in its own layout and converted to this run's (params, EMA and
+  optimizer moments, `transformer.relayout_tree`), resharded onto `state_sh`. Same weights, so a
+  run saved unrolled resumes scanned and the other way round (also through `config.resume`).
+  """
+  model = parts.model
+
+  def adapt(meta: dict):
+    stored = bool(((meta.get("config") or {}).get("model") or {}).get("scan_layers", False))
+    if stored == bool(model.scan_layers):
+      return None
+    stored_parts = dataclasses.replace(parts, model=model.clone(scan_layers=stored))
+    abstract, _ = sharding_lib.state_shardings(
+        functools.partial(create_state, parts=stored_parts), rng, mesh=mesh, rules=rules)
+    logging.info("checkpoint written with model.scan_layers=%s; converting it to scan_layers=%s",
+                 stored, model.scan_layers)
+    convert = jax.jit(functools.partial(transformer.relayout_tree, stacks=model.layer_stacks,
+                                        scanned=bool(model.scan_layers)),
+                      out_shardings=state_sh)  # (stacked leaves change shape: no donation)
+    return abstract, convert
+  return adapt
+
+
 def _resume_check(config, tok_info):
   """Stored config and tokenizer geometry must match this run's (core/resume_guard.py)."""
   geometry = {k: tok_info[k] for k in ("tokens_per_image", "keep_ratio", "grid", "codebook_size")}
@@ -503,7 +544,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- resume order: workdir -> config.resume -> scratch
   state = loop.restore_or_create(ckpt, abstract, config.resume, data, create, rng, mesh, rules,
-                                   state_sh, check=_resume_check(config, tok_info))
+                                   state_sh, check=_resume_check(config, tok_info),
+                                   adapt=layout_adapter(parts, rng, mesh, rules, state_sh))
   first = int(jax.device_get(state.step))
 
   step_fn = throughput.CountedStep(jax.jit(  # compiled once, ahead of time, with its FLOP count
