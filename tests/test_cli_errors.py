@@ -52,6 +52,13 @@ CASES = [
      "error: --config.total_steps: expected an int, got '1.5'"),
     # after the flags are parsed (jax imported, no device touched)
     ("maskvq_jax.main", "--config configs/quickstart.py", "error: --workdir is required"),
+    ("maskvq_jax.main", "--config configs/quickstart.py --workdir nofs://b/{t}/out",
+     "error: --workdir='nofs://b/{t}/out': no filesystem for nofs:// URLs (use a local path, "
+     "file://, gs:// or another scheme etils.epath knows)"),
+    ("maskvq_jax.main", "--config configs/quickstart.py --config.resume=nofs://b/r "
+     "--workdir {t}/out",
+     "error: config.resume='nofs://b/r': no filesystem for nofs:// URLs (use a local path, "
+     "file://, gs:// or another scheme etils.epath knows)"),
     # ----- plan
     ("maskvq_jax.tools.plan", "--config configs/nope.py --mesh data=4",
      "error: --config: no such config file: configs/nope.py"),

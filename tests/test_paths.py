@@ -129,6 +129,14 @@ def test_names_keep_urls_and_make_local_paths_absolute(tmp_path, monkeypatch):
   assert files.relative_to("gs://b/x/a/c.png", "gs://b/x") == "a/c.png"
   with pytest.raises(ValueError, match="not under"):
     files.relative_to("gs://b/y/c.png", "gs://b/x")
+  # file:// is the local filesystem; a scheme without a registered filesystem is refused by name
+  assert files.absolute("file:///tmp/run") == "/tmp/run"
+  assert files.user_location("file://" + str(tmp_path / "w"), "--workdir") == str(tmp_path / "w")
+  assert files.user_location("gs://b/run", "--workdir") == "gs://b/run"
+  with pytest.raises(ValueError, match=r"^config.resume='nofs://b/r': no filesystem for nofs://"):
+    files.user_location("nofs://b/r", "config.resume")
+  with pytest.raises(ValueError, match=r"^--workdir: empty path$"):
+    files.user_location("", "--workdir")
 
 
 @pytest.mark.parametrize("remote", [False, True])
