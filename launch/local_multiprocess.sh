@@ -29,7 +29,8 @@
 #   DEVICES_PER_PROCESS  simulated CPU devices per process (default 4); ignored unless PLATFORM=cpu.
 #   PLATFORM             JAX_PLATFORMS of the processes (default cpu).
 #   PORT                 coordinator port on 127.0.0.1 (default: a free port picked by Python).
-#   LOG_DIR              per-process logs (default $WORKDIR/logs/multiprocess).
+#   LOG_DIR              per-process logs (default $WORKDIR/logs/multiprocess; for a remote
+#                        WORKDIR such as gs://b/run: $TMPDIR/maskvq_multiprocess_logs/<WORKDIR>).
 #   PYTHON               interpreter (default <repo>/.venv/bin/python if present, else python3).
 #   DRY_RUN              1: print the commands instead of running them.
 set -euo pipefail
@@ -42,7 +43,13 @@ source "$REPO/launch/lib.sh"
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
 DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-4}"
 PLATFORM="${PLATFORM:-cpu}"
-LOG_DIR="${LOG_DIR:-$WORKDIR/logs/multiprocess}"
+if [[ -z "${LOG_DIR:-}" ]]; then  # process logs are local files: never under a remote URL
+  case "$WORKDIR" in
+    file://*) LOG_DIR="${WORKDIR#file://}/logs/multiprocess" ;;
+    *://*) LOG_DIR="${TMPDIR:-/tmp}/maskvq_multiprocess_logs/$(printf '%s' "$WORKDIR" | tr -c 'A-Za-z0-9._-' '_')" ;;
+    *) LOG_DIR="$WORKDIR/logs/multiprocess" ;;
+  esac
+fi
 DRY_RUN="${DRY_RUN:-0}"
 MODULE="${MODULE:-maskvq_jax.main}"
 if [[ -z "${PYTHON:-}" ]]; then

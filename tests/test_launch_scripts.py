@@ -389,6 +389,20 @@ def test_local_multiprocess_dry_run(tmp_path):
   assert not os.path.exists(tmp_path / "logs")
 
 
+@pytest.mark.parametrize("workdir,logs", [
+    ("gs://bucket/run", "{tmp}/maskvq_multiprocess_logs/gs___bucket_run"),
+    ("file://{tmp}/w", "{tmp}/w/logs/multiprocess"),
+])
+def test_local_multiprocess_url_workdir_logs_stay_local(tmp_path, workdir, logs):
+  workdir, logs = workdir.format(tmp=tmp_path), logs.format(tmp=tmp_path)
+  rc, out, err = _run("local_multiprocess.sh", dict(WORKDIR=workdir, PORT="12345", DRY_RUN="1",
+                                                    TMPDIR=str(tmp_path)),
+                      "--config", "configs/quickstart.py:tiny")
+  assert rc == 0, err
+  for i, line in enumerate(out.strip().splitlines()):
+    assert f"--workdir {workdir} " in line and line.endswith(f"> {logs}/process_{i}.log 2>&1 &")
+
+
 def test_local_multiprocess_dry_run_other_module(tmp_path):
   rc, out, err = _run("local_multiprocess.sh", dict(WORKDIR=str(tmp_path), PORT="12345", DRY_RUN="1",
                                                     MODULE="maskvq_jax.sample"),
