@@ -11,7 +11,7 @@
 #   XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS JAX_PLATFORMS=$PLATFORM \
 #   $PYTHON -m maskvq_jax.main "$@" --workdir $WORKDIR \
 #       --coordinator_address=127.0.0.1:$PORT --num_processes=$NUM_PROCESSES --process_id=i
-# with its output in $LOG_DIR/process_i.log. Arguments after the script name go to
+# with its output appended to $LOG_DIR/process_i.log (a rerun keeps the earlier logs). Arguments after the script name go to
 # maskvq_jax.main unchanged (--config, --config.* overrides). With MODULE=maskvq_jax.sample,
 # maskvq_jax.evaluate or maskvq_jax.tools.export_tokens the arguments go to that CLI unchanged
 # (they name their own --workdir / --out) and only the three distributed flags are added:
@@ -89,7 +89,7 @@ cd "$REPO"
 if [[ "$DRY_RUN" == 1 ]]; then
   for ((i = 0; i < NUM_PROCESSES; i++)); do
     cmd_for "$i" "$@"
-    printf '%q ' "${CMD[@]}"; echo "> $LOG_DIR/process_$i.log 2>&1 &"
+    printf '%q ' "${CMD[@]}"; echo ">> $LOG_DIR/process_$i.log 2>&1 &"
   done
   exit 0
 fi
@@ -102,7 +102,9 @@ stop_all() {  # $1: signal
 trap 'stop_all TERM' TERM INT
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   cmd_for "$i" "$@"
-  "${CMD[@]}" > "$LOG_DIR/process_$i.log" 2>&1 &
+  # appended: a rerun (resume after a preemption) keeps the earlier launches' logs
+  echo "===== local_multiprocess.sh: process $i/$NUM_PROCESSES started $(date -u '+%Y-%m-%d %H:%M:%S UTC')" >> "$LOG_DIR/process_$i.log"
+  "${CMD[@]}" >> "$LOG_DIR/process_$i.log" 2>&1 &
   PIDS+=("$!")
 done
 echo "local_multiprocess.sh: ${#PIDS[@]} processes (pids ${PIDS[*]}), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR" >&2
