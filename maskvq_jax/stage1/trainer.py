@@ -20,13 +20,12 @@ jit the arrays are global, so counts already cover the whole (sharded) batch.
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -35,7 +34,6 @@ from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import resume_guard
 from maskvq_jax.core import workdir_lock
-from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage1 import losses
 from maskvq_jax.models import lpips as lpips_lib
 from maskvq_jax.evaluation import step_metrics as metrics_lib
@@ -45,6 +43,9 @@ from maskvq_jax.core import train_loop
 from maskvq_jax.core import throughput
 from maskvq_jax.models import mqvae as mqvae_lib
 from maskvq_jax.models.discriminator import NLayerDiscriminator
+
+if TYPE_CHECKING:  # the step and its construction import neither (benchmarks/gpu_bench.py)
+  import ml_collections
 
 DTYPES = loop.DTYPES
 NonFiniteLossError = loop.NonFiniteLossError
@@ -64,7 +65,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class Parts:
   """Everything static the steps close over."""
-  cfg: ml_collections.ConfigDict
+  cfg: "ml_collections.ConfigDict"
   model: mqvae_lib.MQVAE
   disc: NLayerDiscriminator
   lpips: lpips_lib.LPIPS
@@ -336,10 +337,19 @@ def eval_step(state: TrainState, batch, lpips_params, *, parts: Parts):
   return sums, hist, {n: v[first_real] for n, v in shown.items()}
 
 
+def make_train_step(parts: Parts, state_sh, batch_sh, repl) -> throughput.CountedStep:
+  """`train_step` jitted with the run's shardings (state donated), compiled once ahead of time
+  on its first call with its FLOP count; `fn(state, batch, lpips_params) -> (state, metrics)`."""
+  return throughput.CountedStep(jax.jit(
+      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
+      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+
+
 # ===================================================================== run helpers
 def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
   """Eval metrics and the images to show; `eval_fn`'s outputs are replicated, so every process
   fetches them (a batch-sharded output spans other hosts' devices)."""
+  from maskvq_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
   it, n = input_pipeline.eval_iter(config, batch_sharding)
   sums, hist, shown = None, None, None
   for i in range(n):
@@ -353,7 +363,7 @@ def evaluate(state, parts, eval_fn, config, batch_sharding, lpips_params):
 
 
 # ===================================================================== train
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   """Trains (or resumes) stage 1 in `workdir`. Returns a summary dict (used by tests).
 
   Holds the workdir's lock for the whole run (core/workdir_lock.py).
@@ -362,8 +372,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
+  from maskvq_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
 
   with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
     validate_config(config, jax.device_count())
@@ -399,9 +410,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   lp_params = None
   if config.loss.perceptual_weight > 0 or config.eval.lpips:
     lp_params = jax.device_put(parts.lpips.load_params(), repl)
-  step_fn = throughput.CountedStep(jax.jit(  # compiled once, ahead of time, with its FLOP count
-      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
-      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+  step_fn = make_train_step(parts, state_sh, batch_sh, repl)
   meter = throughput.Meter(examples_per_step=config.input.batch_size, step_fn=step_fn)
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
                     in_shardings=(state_sh, batch_sh, repl), out_shardings=repl)

@@ -30,14 +30,13 @@ with `state.params` (Stackformer "params"), `state.ema_params` when param_ema > 
 import dataclasses
 import functools
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 from absl import logging
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -46,12 +45,10 @@ from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import resume_guard
 from maskvq_jax.core import workdir_lock
-from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.stage2 import dense as dense_lib
 from maskvq_jax.stage2 import losses as losses_stage2
 from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
-from maskvq_jax.data import tokens as stage2_data
 from maskvq_jax.core import loop
 from maskvq_jax.core import train_loop
 from maskvq_jax.core import throughput
@@ -61,6 +58,9 @@ from maskvq_jax.models import text_encoder as text_lib
 from maskvq_jax.models import transformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
+
+if TYPE_CHECKING:  # the step and its construction import neither (benchmarks/gpu_bench.py)
+  import ml_collections
 
 DTYPES = loop.DTYPES
 NonFiniteLossError = loop.NonFiniteLossError
@@ -79,7 +79,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class Parts:
   """Everything static the steps close over."""
-  cfg: ml_collections.ConfigDict   # the resolved config
+  cfg: "ml_collections.ConfigDict"   # the resolved config
   model: Any                       # Stackformer, or DenseGPT for trainer "dense_gpt"
   text: Optional[text_lib.ByteTextEncoder]
   tokenizer: Any                   # MQVAE (frozen)
@@ -116,13 +116,14 @@ def load_tokenizer(config):
   return model, variables, dict(info, path=path)
 
 
-def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
+def resolve_config(config, tokenizer) -> "ml_collections.ConfigDict":
   """A copy of `config` with the tokenizer-derived fields filled in; ValueError on any mismatch.
 
   Derived: model.vocab_size (codebook + sos, or classes + codebook [+ null]), model.position_size
   (grid^2 + sos), model.block_size (grid^2 as the authors; it must hold the K kept tokens),
   model.text_dim, input.res.
   """
+  import ml_collections  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(config.to_dict())
   m, tok = c.model, tokenizer
   cb, n_pos, k = int(tok.codebook_size), int(tok.grid) ** 2, int(tok.num_tokens)
@@ -362,6 +363,14 @@ def train_step(state: TrainState, batch, tok_vars, *, parts: Parts):
   return new_state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), m)
 
 
+def make_train_step(parts: Parts, state_sh, batch_sh, repl) -> throughput.CountedStep:
+  """`train_step` jitted with the run's shardings (state donated), compiled once ahead of time
+  on its first call with its FLOP count; `fn(state, batch, tok_vars) -> (state, metrics)`."""
+  return throughput.CountedStep(jax.jit(
+      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
+      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+
+
 def eval_step(state: TrainState, batch, tok_vars, *, parts: Parts):
   """Sums over the batch's real rows (`VALID`) of the validation losses (no dropout, conditions
   kept) of the eval params, and their "count"; padding rows change no metric."""
@@ -493,7 +502,7 @@ def _resume_check(config, tok_info):
   return resume_guard.checker(config, extra={"tokenizer": geometry})
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   """Trains (or resumes) stage 2 in `workdir`. Returns a summary dict (used by tests).
 
   Holds the workdir's lock for the whole run (core/workdir_lock.py).
@@ -502,8 +511,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   from maskvq_jax.core import writers  # pylint: disable=g-import-not-at-top  # imports TF via CLU
+  from maskvq_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+  from maskvq_jax.data import tokens as stage2_data  # pylint: disable=g-import-not-at-top
 
   tokenizer, tok_vars_host, tok_info = load_tokenizer(config)
   with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
@@ -548,9 +559,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    adapt=layout_adapter(parts, rng, mesh, rules, state_sh))
   first = int(jax.device_get(state.step))
 
-  step_fn = throughput.CountedStep(jax.jit(  # compiled once, ahead of time, with its FLOP count
-      functools.partial(train_step, parts=parts), in_shardings=(state_sh, batch_sh, repl),
-      out_shardings=(state_sh, repl), donate_argnums=(0,)))
+  step_fn = make_train_step(parts, state_sh, batch_sh, repl)
   meter = throughput.Meter(examples_per_step=config.input.batch_size,
                            tokens_per_example=parts.num_tokens, step_fn=step_fn)
   eval_fn = jax.jit(functools.partial(eval_step, parts=parts),
