@@ -16,6 +16,7 @@ import pytest
 from maskvq_jax.core import checkpointing
 from maskvq_jax.data import runs
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
+from maskvq_jax.evaluation import shape_classifier
 from maskvq_jax.tools import quickstart
 from stage1_testlib import enable_compile_cache
 
@@ -80,6 +81,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
             "object_tokens_chance"):
     assert m["stage1"][k] == pytest.approx(ref[k], rel=1e-6), k
   assert m["stage2"]["sampling_tokens_per_s"] > 0 and m["stage2"]["positions_distinct"]
+  _check_class_accuracies(m, wd, n_report, res)
   for stage in ("stage1", "stage2"):  # a fresh run: from step 0 to the last step
     assert (m[stage]["resumed_at_step"], m[stage]["steps_run"], m[stage]["train_steps"]) == (
         0, 4, 4), stage
@@ -95,3 +97,34 @@ def test_quickstart_tiny_end_to_end(tmp_path):
   assert [_files_and_mtimes(d) for d in ckpt_dirs] == before  # no checkpoint file rewritten
   assert checkpointing.Checkpointer(ckpt_dirs[1], save_every=1).all_steps() == steps
   assert again["stage1"]["psnr"] == m["stage1"]["psnr"]  # the same tokenizer, the same numbers
+  assert again["classifier"]["cached"] and not m["classifier"]["cached"]  # not trained again
+  for stage in ("stage1", "stage2", "classifier"):  # the same classifier, the same accuracies
+    keys = [k for k in m[stage] if "accuracy" in k]
+    assert keys and {k: again[stage][k] for k in keys} == {k: m[stage][k] for k in keys}, stage
+
+
+def _check_class_accuracies(m, wd, n_report, res):
+  """The sample-classifier keys: present, consistent, and equal to the cached classifier's own
+  predictions on the same real images."""
+  s2, clf_m = m["stage2"], m["classifier"]
+  per_class = quickstart.SAMPLES_PER_CLASS["tiny"]
+  assert s2["samples_per_class"] == per_class
+  assert list(s2["per_class_accuracy"]) == s2["sample_class_rows"]
+  for key in ("class", "shape", "colour"):  # equal-sized rows: the overall is the mean of rows
+    rows = [v[key] for v in s2["per_class_accuracy"].values()]
+    assert s2[f"{key}_accuracy"] == pytest.approx(np.mean(rows)), key
+    assert all(0.0 <= r <= 1.0 and r * per_class == pytest.approx(round(r * per_class))
+               for r in rows), key
+    for prefix in ("recon_", "real_"):
+      assert 0.0 <= m["stage1"][prefix + key + "_accuracy"] <= 1.0
+    assert 0.0 <= clf_m["heldout_" + key + "_accuracy"] <= 1.0
+  assert clf_m["num_heldout"] == 1024 and clf_m["train_steps"] == quickstart.CLASSIFIER["tiny"][
+      "steps"]
+  clf = shape_classifier.load_or_train(os.path.join(wd, "classifier"), res=res,
+                                       **quickstart.CLASSIFIER["tiny"])
+  assert clf.cached
+  exs = [shapes_gen.make_example(0, i, res, "validation") for i in range(n_report)]
+  acc = shape_classifier.accuracy(clf, np.stack([e["image"] for e in exs]),
+                                  [e["label"] for e in exs])
+  assert m["stage1"]["real_class_accuracy"] == acc["class"]
+  assert m["stage1"]["real_colour_accuracy"] == acc["colour"]

@@ -13,7 +13,16 @@ download), a class-conditional Stackformer with a null class is trained on its t
   mask/mask_grid.png (+ per-example heat / overlay PNGs)
   samples_unconditional.png       null-class samples (unconditional)
   samples_class.png               one row per class (class names in metrics.json)
-  metrics.json                    PSNR, codebook usage, kept-on-object fraction, tokens/s, ...
+  metrics.json                    PSNR, codebook usage, kept-on-object fraction, tokens/s,
+                                  class accuracy of the samples and reconstructions, ...
+  classifier/                     the shape / colour classifier that measures it (cached npz)
+
+Are the class rows the requested class? A small CNN trained only on real procedural images
+(maskvq_jax/evaluation/shape_classifier.py, ~20 s, cached in the workdir) names the shape and the
+colour of `SAMPLES_PER_CLASS` guided samples per class row; metrics.json gives its accuracy on
+them (joint class, shape, colour, and per class), on the stage-1 reconstructions (the upper bound
+for stage 2) and on held-out real images (its own accuracy: the other numbers mean something only
+when this is high).
 
 Re-running resumes finished trainers (no step is redone) and rewrites only the report files.
 `--tiny` (or QUICKSTART_TINY=1 in the shell script) is the CI size: 16 px, a few steps, ~1-2 min.
@@ -42,6 +51,7 @@ from maskvq_jax.core import files
 from maskvq_jax.core import progress
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import recon
+from maskvq_jax.evaluation import shape_classifier
 from maskvq_jax.stage2 import sampling
 
 SIZES = {  # (stage-1 config arg, stage-2 config arg, report images, samples per grid)
@@ -59,9 +69,15 @@ STAGE1_OVERRIDES = {"full": {"optim.lr": 5e-4, "loss.disc_factor": 0.0, "eval.ev
 # Classifier-free guidance for the class rows (the model has a learned null class): at this
 # training budget the unguided class samples often miss the class colour.
 CLASS_GUIDANCE = 3.0
-# One row per class in samples_class.png: four shapes in four colours.
+# Guided samples drawn per class row and classified (samples_class.png shows the first
+# `per grid / 2` of each).
+SAMPLES_PER_CLASS = {"full": 32, "tiny": 4}
+# The sample classifier's training budget (shape_classifier.TrainConfig; res = stage-1 res).
+CLASSIFIER = {"full": {}, "tiny": {"steps": 40, "num_train": 256}}
+# One row per class in samples_class.png: four shapes in four colours. Not "diamond": the
+# generator rotates every shape at random, so its diamonds are its squares (shape_classifier).
 SAMPLE_CLASSES = (("circle", "red"), ("square", "blue"), ("triangle", "yellow"),
-                  ("diamond", "cyan"))
+                  ("star", "cyan"))
 
 
 def parse_args(argv=None):
@@ -91,8 +107,14 @@ def _upscale(a: np.ndarray, min_side: int = 64) -> np.ndarray:
   return np.repeat(np.repeat(a, f, axis=-3), f, axis=-2) if f > 1 else a
 
 
-def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
-  """Reconstructions, mask figures and stage-1 metrics on `num` validation shapes."""
+def _accuracy_keys(acc: dict, prefix: str) -> dict:
+  return {f"{prefix}class_accuracy": acc["class"], f"{prefix}shape_accuracy": acc["shape"],
+          f"{prefix}colour_accuracy": acc["colour"]}
+
+
+def tokenizer_report(stage1_dir: str, out: str, num: int, res: int, clf) -> dict:
+  """Reconstructions, mask figures and stage-1 metrics on `num` validation shapes; `clf` (a
+  shape_classifier.Classifier) classifies the reconstructions and the images themselves."""
   model, variables, info = checkpoints.load_tokenizer(stage1_dir)
   exs = [shapes_gen.make_example(0, i, res, "validation") for i in range(num)]
   images = np.stack([e["image"] for e in exs])
@@ -102,6 +124,10 @@ def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
   rec, aux = apply(variables, x)
   rec = jnp.clip(rec.astype(jnp.float32), -1.0, 1.0)
   psnr = float(jnp.mean(dm_pix.psnr((x + 1) / 2, (rec + 1) / 2)))
+  labels = np.asarray([e["label"] for e in exs])
+  rec_u8 = np.asarray(recon.quantize_u8(rec))
+  classified = {**_accuracy_keys(shape_classifier.accuracy(clf, rec_u8, labels), "recon_"),
+                **_accuracy_keys(shape_classifier.accuracy(clf, images, labels), "real_")}
   usage = codebook.CodebookUsage(model.codebook_size)
   usage.update(np.asarray(aux["codes"]))
   cover = mask_analysis.summarize(jax.device_get(mask_analysis.object_coverage(
@@ -118,12 +144,13 @@ def tokenizer_report(stage1_dir: str, out: str, num: int, res: int) -> dict:
           "object_tokens_chance": cover["chance_tokens"], "object_lift_tokens": cover["lift_tokens"],
           "kept_on_object_area": cover["kept_on_object"], "keep_ratio": float(model.keep_ratio),
           "tokens_per_image": int(model.num_tokens), "grid_tokens": int(model.grid) ** 2,
-          "codebook_size": int(model.codebook_size), "num_images": num,
+          "codebook_size": int(model.codebook_size), "num_images": num, **classified,
           "checkpoint_step": info.get("step")}
 
 
-def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
-  """Unconditional (null class) and class-conditional sample grids; sampling tokens/s."""
+def sample_report(stage2_dir: str, out: str, per_grid: int, per_class: int, clf) -> dict:
+  """Unconditional (null class) and class-conditional sample grids; sampling tokens/s; the class
+  accuracy of `per_class` guided samples per class row under `clf` (shape_classifier)."""
   loaded = sample_cli.load(stage2_dir)
   model, tok = loaded["model"], loaded["tokenizer"]
   # the authors' log_images filters, scaled to the small codebook (top-k = 1/8 of the codes)
@@ -142,7 +169,7 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   colours = list(shapes_gen.COLORS)
   classes = [shapes_gen.SHAPES.index(shape) * len(colours) + colours.index(colour)
              for shape, colour in SAMPLE_CLASSES]
-  cls_labels = np.repeat(np.asarray(classes, np.int32), per_grid // 2)
+  cls_labels = np.repeat(np.asarray(classes, np.int32), per_class)
   null = np.full((per_grid,), model.null_class_token, np.int32)
   draw(null, 0)  # compile
   t0 = time.perf_counter()
@@ -153,15 +180,24 @@ def sample_report(stage2_dir: str, out: str, per_grid: int) -> dict:
   imgs_u = np.asarray(decode(tok_vars, s_uncond.codes, s_uncond.positions))
   imgs_c = np.asarray(decode(tok_vars, s_class.codes, s_class.positions))
   half = per_grid // 2
+  rows = [imgs_c[i * per_class:i * per_class + half] for i in range(n_rows)]
   files.save_png(files.join(out, "samples_unconditional.png"),
                  _upscale(_grid([imgs_u[:half], imgs_u[half:]])[None])[0])
   files.save_png(files.join(out, "samples_class.png"),
-                 _upscale(_grid([imgs_c[i * half:(i + 1) * half] for i in range(n_rows)])[None])[0])
+                 _upscale(_grid(rows)[None])[0])
   distinct = all(len(np.unique(p)) == p.size for p in np.asarray(s_class.positions))
   names = [f"{colour} {shape}" for shape, colour in SAMPLE_CLASSES]
+  per_class_acc = {}
+  for i, name in enumerate(names):
+    sl = slice(i * per_class, (i + 1) * per_class)
+    acc = shape_classifier.accuracy(clf, imgs_c[sl], cls_labels[sl])
+    per_class_acc[name] = {k: acc[k] for k in ("class", "shape", "colour")}
+  overall = shape_classifier.accuracy(clf, imgs_c, cls_labels)
   return {"sampling_tokens_per_s": per_grid * cfg.steps / secs,
           "class_guidance_scale": CLASS_GUIDANCE,
           "sampling_images_per_s": per_grid / secs, "sample_class_rows": names,
+          **_accuracy_keys(overall, ""), "samples_per_class": per_class,
+          "per_class_accuracy": per_class_acc,
           "positions_distinct": bool(distinct), "checkpoint_step": loaded["info"]["step"]}
 
 
@@ -198,10 +234,21 @@ def main(argv=None) -> int:
   s2_secs = time.time() - t
   _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 
-  _log("stage 3/3: report: reconstructions, masks, samples, metrics.json")
   res = c1.input.res
-  metrics = {"size": size, "stage1": tokenizer_report(files.join(wd, "stage1"), wd, n_report, res),
-             "stage2": sample_report(files.join(wd, "stage2"), wd, per_grid)}
+  _log("stage 3/3: report: sample classifier (cached in classifier/), reconstructions, masks, "
+       "samples, metrics.json")
+  clf = shape_classifier.load_or_train(files.join(wd, "classifier"), res=res, **CLASSIFIER[size])
+  _log(f"classifier {'read from the cache' if clf.cached else f'trained in {clf.train_seconds}s'}:"
+       f" held-out real images: class {clf.heldout['class']:.3f}, shape {clf.heldout['shape']:.3f},"
+       f" colour {clf.heldout['colour']:.3f}")
+  metrics = {"size": size,
+             "stage1": tokenizer_report(files.join(wd, "stage1"), wd, n_report, res, clf),
+             "stage2": sample_report(files.join(wd, "stage2"), wd, per_grid,
+                                     SAMPLES_PER_CLASS[size], clf),
+             "classifier": {**_accuracy_keys(clf.heldout, "heldout_"),
+                            "num_heldout": clf.heldout["num_images"],
+                            "train_steps": clf.config.steps, "num_train": clf.config.num_train,
+                            "train_seconds": clf.train_seconds, "cached": clf.cached}}
   # resumed_at_step: the checkpoint step this run started from (0: fresh); steps_run: the
   # steps this run trained (0 when a rerun found both trainers finished).
   metrics["stage1"].update(train_steps=s1["last_step"], resumed_at_step=s1["first_step"],
