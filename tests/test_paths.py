@@ -26,6 +26,8 @@ ALLOWED = {
     ("maskvq_jax/core/cli.py", "load_config_file"):
         "config files are local Python modules (ml_collections loads them from disk); the check "
         "runs before anything else so a missing file is one line",
+    ("maskvq_jax/core/cli.py", "_importable_config_package"):
+        "the same local config file: its configs/ package's parent goes on sys.path",
     ("maskvq_jax/core/workdir_lock.py", "_proc_start"):
         "reads /proc/<pid>/stat of this host (a pid's start time), never a user path",
     ("maskvq_jax/core/workdir_lock.py", "_create"):
