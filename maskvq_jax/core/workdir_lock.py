@@ -27,6 +27,7 @@ writer reads the lock back after a pause and only the token that survived owns i
 check catches what that pause misses).
 """
 import _thread
+import signal
 import contextlib
 import json
 import os
@@ -272,7 +273,7 @@ class WorkdirLock:
         self.lost = str(e)
         logging.error("%s", e)
         if self._held:
-          _thread.interrupt_main()
+          _stop_main_thread()
         return
       except Exception as e:  # pylint: disable=broad-except  # storage hiccup: try next time
         logging.warning("could not refresh the workdir lock %s (%s: %s)", self.path,
@@ -291,6 +292,19 @@ class WorkdirLock:
           self._remove_if(self.token)
         except OSError as e:
           logging.warning("could not remove the workdir lock %s (%s)", self.path, e)
+
+
+def _stop_main_thread():
+  """KeyboardInterrupt in the main thread, even while it waits in a system call (a real SIGINT
+  sent to that thread interrupts the wait; `_thread.interrupt_main` alone is only seen when the
+  main thread next runs Python code). Where Python does not handle SIGINT, only the latter."""
+  if callable(signal.getsignal(signal.SIGINT)):
+    try:
+      signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+      return
+    except (AttributeError, OSError, ValueError):
+      pass
+  _thread.interrupt_main()
 
 
 @contextlib.contextmanager
