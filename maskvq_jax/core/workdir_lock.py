@@ -294,13 +294,28 @@ class WorkdirLock:
           logging.warning("could not remove the workdir lock %s (%s)", self.path, e)
 
 
+# The heartbeat thread stops a holder whose lock was taken over with this signal, sent to the main
+# thread, whose handler `hold` installs: SIGINT cannot be relied on (a job started in the
+# background of a non-interactive shell, or under nohup / some schedulers, ignores it, and
+# `_thread.interrupt_main` then does nothing), and a real signal also interrupts a blocked wait.
+STOP_SIGNAL = signal.SIGUSR2
+_STOP_HANDLER_INSTALLED = [False]
+
+
+class _LockLostInterrupt(KeyboardInterrupt):
+  """Raised in the main thread by STOP_SIGNAL; `hold` turns it into WorkdirLockError."""
+
+
+def _on_stop_signal(signum, frame):
+  del signum, frame
+  raise _LockLostInterrupt()
+
+
 def _stop_main_thread():
-  """KeyboardInterrupt in the main thread, even while it waits in a system call (a real SIGINT
-  sent to that thread interrupts the wait; `_thread.interrupt_main` alone is only seen when the
-  main thread next runs Python code). Where Python does not handle SIGINT, only the latter."""
-  if callable(signal.getsignal(signal.SIGINT)):
+  """Interrupts the main thread (see STOP_SIGNAL); without the handler, `interrupt_main`."""
+  if _STOP_HANDLER_INSTALLED[0]:
     try:
-      signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+      signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
       return
     except (AttributeError, OSError, ValueError):
       pass
@@ -338,6 +353,10 @@ def hold(workdir, config=None, *, takeover: Optional[bool] = None,
              f"the lock names {describe(info)}")
   if err:
     raise WorkdirLockError(err)
+  previous = None
+  if lock is not None and threading.current_thread() is threading.main_thread():
+    previous = signal.signal(STOP_SIGNAL, _on_stop_signal)
+    _STOP_HANDLER_INSTALLED[0] = True
   try:
     yield lock
   except BaseException as e:  # pylint: disable=broad-except
@@ -347,3 +366,6 @@ def hold(workdir, config=None, *, takeover: Optional[bool] = None,
   finally:
     if lock is not None:
       lock.release()
+    if previous is not None:
+      _STOP_HANDLER_INSTALLED[0] = False
+      signal.signal(STOP_SIGNAL, previous)
