@@ -299,7 +299,6 @@ class WorkdirLock:
 # background of a non-interactive shell, or under nohup / some schedulers, ignores it, and
 # `_thread.interrupt_main` then does nothing), and a real signal also interrupts a blocked wait.
 STOP_SIGNAL = signal.SIGUSR2
-_STOP_HANDLER_INSTALLED = [False]
 
 
 class _LockLostInterrupt(KeyboardInterrupt):
@@ -313,7 +312,7 @@ def _on_stop_signal(signum, frame):
 
 def _stop_main_thread():
   """Interrupts the main thread (see STOP_SIGNAL); without the handler, `interrupt_main`."""
-  if _STOP_HANDLER_INSTALLED[0]:
+  if signal.getsignal(STOP_SIGNAL) is _on_stop_signal:  # installed by `hold`
     try:
       signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
       return
@@ -356,7 +355,6 @@ def hold(workdir, config=None, *, takeover: Optional[bool] = None,
   previous = None
   if lock is not None and threading.current_thread() is threading.main_thread():
     previous = signal.signal(STOP_SIGNAL, _on_stop_signal)
-    _STOP_HANDLER_INSTALLED[0] = True
   try:
     yield lock
   except BaseException as e:  # pylint: disable=broad-except
@@ -367,5 +365,4 @@ def hold(workdir, config=None, *, takeover: Optional[bool] = None,
     if lock is not None:
       lock.release()
     if previous is not None:
-      _STOP_HANDLER_INSTALLED[0] = False
       signal.signal(STOP_SIGNAL, previous)
