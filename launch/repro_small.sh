@@ -7,6 +7,8 @@
 #   bash launch/repro_small.sh [ROOT]                 # default runs/repro_small
 #   REPRO_TINY=1 bash launch/repro_small.sh /tmp/rs   # 16 px, a few steps: report in ROOT/report
 #
+#   bash launch/repro_small.sh ROOT --takeover_lock  # after a killed run: take its stale locks
+#
 # Resumable: re-running continues the unfinished trainers from their checkpoints, keeps finished
 # runs and evaluations, and only rewrites the report. Fixed seeds. Needs the emoji font:
 #   sudo apt-get install fonts-noto-color-emoji      (without it the run stops at its first step,
@@ -27,6 +29,7 @@ cd "$ROOT_DIR"
 ARGS=(--root "$RUN_ROOT")
 [[ "$TINY" == 1 ]] && ARGS+=(--tiny)
 [[ -n "${REPORT_DIR:-}" ]] && ARGS+=(--report_dir "$REPORT_DIR")
+ARGS+=("${@:2}")  # further flags of maskvq_jax.tools.repro_small, e.g. --takeover_lock
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 echo "repro_small: writing into $RUN_ROOT" >&2
 exec "$VENV/bin/python" -m maskvq_jax.tools.repro_small "${ARGS[@]}"

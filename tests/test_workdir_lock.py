@@ -191,3 +191,52 @@ def test_object_store_path_through_epath(tmp_path, monkeypatch):
   a.heartbeat()
   a.release()
   assert os.listdir(wd) == []
+
+
+class _TookTheLock(Exception):
+  pass
+
+
+class _LockingTrainer:
+  """Stands in for a trainer: takes the workdir lock exactly as the real ones do, then stops."""
+
+  def __init__(self):
+    self.workdirs = []
+
+  def train(self, config, workdir):
+    with workdir_lock.hold(workdir, config):
+      self.workdirs.append(workdir)
+    raise _TookTheLock
+
+
+@pytest.mark.parametrize("tool", ["quickstart", "repro_small"])
+def test_tools_name_their_own_takeover_flag_and_take_a_stale_lock_with_it(tool, tmp_path,
+                                                                           monkeypatch, capsys):
+  """A killed quickstart / reproduction leaves a stale lock: the rerun says `--takeover_lock`
+  (the tool's flag, not the trainer's `--config.takeover_lock=True`), and that flag takes it."""
+  import types  # pylint: disable=import-outside-toplevel
+  from maskvq_jax import trainers  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data import build  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.tools import quickstart, repro_small  # pylint: disable=import-outside-toplevel
+  fake = _LockingTrainer()
+  monkeypatch.setattr(trainers, "get", lambda name: fake)
+  if tool == "quickstart":
+    main, argv, wd = quickstart.main, ["--workdir", str(tmp_path), "--tiny"], tmp_path / "stage1"
+  else:  # the dataset step is not what is tested here
+    splits = {"validation": types.SimpleNamespace(num_examples=8)}
+    monkeypatch.setattr(build, "prepare", lambda name, data_dir: types.SimpleNamespace(
+        info=types.SimpleNamespace(splits=splits)))
+    main, argv = repro_small.main, ["--root", str(tmp_path), "--tiny"]
+    wd = tmp_path / "stage1" / repro_small.STAGE1[0][0]
+  old = _write_lock(str(wd))
+  assert main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+  err = [line for line in lines if line.startswith("error:")]
+  assert len(err) == 1 and err[0] == lines[-1] and err[0].startswith(f"error: workdir {wd} has a stale lock from pid "
+                                             f"{old['pid']} on host {HOST}"), err
+  assert err[0].endswith("process {} is not running on this host. If no trainer uses this "
+                         "workdir, rerun with --takeover_lock to take it over".format(old["pid"]))
+  assert _read_lock(str(wd)) == old and fake.workdirs == []
+  with pytest.raises(_TookTheLock):
+    main(argv + ["--takeover_lock"])
+  assert fake.workdirs == [str(wd)] and not os.path.exists(wd / "workdir.lock")

@@ -52,6 +52,14 @@ class WorkdirLockError(RuntimeError):
   """The workdir is in use, its lock is stale, cannot be written, or was lost."""
 
 
+TAKEOVER_FLAG = "--config.takeover_lock=True"  # what the stale-lock message tells the user to add
+
+
+def with_takeover_flag(err: WorkdirLockError, flag: str) -> str:
+  """`err`'s message for a command whose takeover flag is `flag` (e.g. a tool's --takeover_lock)."""
+  return str(err).replace(TAKEOVER_FLAG, flag)
+
+
 # ===================================================================== holder facts
 def _proc_start(pid: int) -> Optional[int]:
   """The process's start time in clock ticks since boot (Linux /proc), to tell reused pids apart."""
@@ -233,7 +241,7 @@ class WorkdirLock:
       if not self.takeover:
         raise WorkdirLockError(
             f"workdir {self.workdir} has a stale lock from {describe(info)}: {reason}. If no "
-            f"trainer uses this workdir, rerun with --config.takeover_lock=True to take it over")
+            f"trainer uses this workdir, rerun with {TAKEOVER_FLAG} to take it over")
       logging.warning("workdir %s: taking over the stale lock of %s (%s)", self.workdir,
                       describe(info), reason)
       self._remove_if((info or {}).get("token"))

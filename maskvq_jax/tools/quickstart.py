@@ -25,6 +25,8 @@ for stage 2) and on held-out real images (its own accuracy: the other numbers me
 when this is high).
 
 Re-running resumes finished trainers (no step is redone) and rewrites only the report files.
+A run killed outright (SIGKILL, power loss) leaves its workdir lock behind; the rerun then stops
+with one line naming the dead holder, and `--takeover_lock` takes that stale lock over.
 `--tiny` (or QUICKSTART_TINY=1 in the shell script) is the CI size: 16 px, a few steps, ~1-2 min.
 Each stage is announced on stderr with the time elapsed since the start (`[quickstart 0:04:12]`);
 the trainers print a step line with losses, steps/s and ETA at every log interval (stdout).
@@ -49,6 +51,7 @@ from maskvq_jax.evaluation import codebook
 from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import progress
+from maskvq_jax.core import workdir_lock
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import recon
 from maskvq_jax.evaluation import shape_classifier
@@ -87,6 +90,8 @@ def parse_args(argv=None):
   p.add_argument("--tiny", action="store_true", help="CI size (16 px, a few steps)")
   p.add_argument("--stage1", default=None, help="override the stage-1 config arg")
   p.add_argument("--stage2", default=None, help="override the stage-2 config arg")
+  p.add_argument("--takeover_lock", action="store_true",
+                 help="take over the STALE workdir lock a killed earlier run left behind")
   return p.parse_args(argv)
 
 
@@ -216,13 +221,18 @@ def main(argv=None) -> int:
       group, name = key.split(".")
       c1[group][name] = value
   c2 = stage2_config.get_config(s2_arg)
+  c1.takeover_lock = c2.takeover_lock = args.takeover_lock
   with cli.user_input():  # e.g. --workdir names a file
     wd = files.makedirs(args.workdir)  # absolute if local; a URL (gs://...) stays a URL
 
   _log(f"stage 1/3: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}), "
        f"{c1.total_steps} steps -> {wd}/stage1")
   t = time.time()
-  s1 = trainers.get("mqvae").train(c1, files.join(wd, "stage1"))
+  try:
+    s1 = trainers.get("mqvae").train(c1, files.join(wd, "stage1"))
+  except workdir_lock.WorkdirLockError as e:  # e.g. a killed earlier run's stale lock
+    print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
+    return 2
   s1_secs = time.time() - t
   _log(f"stage 1/3 done in {progress.hms(s1_secs)} (steps {s1['first_step']} -> {s1['last_step']})")
 
@@ -230,7 +240,11 @@ def main(argv=None) -> int:
        f"-> {wd}/stage2")
   c2.tokenizer = files.join(wd, "stage1")
   t = time.time()
-  s2 = trainers.get("stackformer").train(c2, files.join(wd, "stage2"))
+  try:
+    s2 = trainers.get("stackformer").train(c2, files.join(wd, "stage2"))
+  except workdir_lock.WorkdirLockError as e:
+    print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
+    return 2
   s2_secs = time.time() - t
   _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 

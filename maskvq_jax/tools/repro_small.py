@@ -21,7 +21,8 @@ docs/repro_small for the full size, <ROOT>/report for --tiny).
 Every step runs in this process through the same functions as its command line, and the exact
 command is logged to <ROOT>/commands.txt. Re-running resumes: trainers continue from their last
 checkpoint (a finished one does nothing), evaluations whose report matches the latest checkpoint
-are kept, and wall times accumulate in <ROOT>/timings.json. Seeds are fixed (config.seed = 0,
+are kept, and wall times accumulate in <ROOT>/timings.json. A run killed outright leaves its
+trainer's workdir lock behind; the rerun names the dead holder and `--takeover_lock` takes it. Seeds are fixed (config.seed = 0,
 sampling seed 0). XLA compilations are cached in <ROOT>/xla_cache. The dataset is built from the
 installed font into <ROOT>/tfds; without the font the run stops at once with the install command.
 """
@@ -32,6 +33,8 @@ import os
 import shlex
 import sys
 import time
+
+from maskvq_jax.core import workdir_lock
 
 STAGE1 = (  # (run name, configs/repro_small.py argument)
     ("dense", "dense"),
@@ -99,10 +102,12 @@ def _report_is_current(workdir: str) -> bool:
   return (rep.get("target") or {}).get("step") == _latest_step(workdir)
 
 
-def train(journal: Journal, key: str, arg: str, workdir: str, tokenizer: str = ""):
+def train(journal: Journal, key: str, arg: str, workdir: str, tokenizer: str = "",
+          takeover_lock: bool = False):
   from configs import repro_small  # pylint: disable=import-outside-toplevel
   from maskvq_jax import trainers  # pylint: disable=import-outside-toplevel
   cfg = repro_small.get_config(arg)
+  cfg.takeover_lock = takeover_lock  # not journaled: it does not change what is computed
   argv = ["python", "-m", "maskvq_jax.main", "--config", f"{CONFIG}:{arg}", "--workdir", workdir]
   if tokenizer:
     cfg.tokenizer = tokenizer
@@ -124,7 +129,7 @@ def evaluate(journal: Journal, key: str, flags: list[str]):
   journal.timed(key, lambda: evaluate_cli.run(evaluate_cli.parse_args(flags)))
 
 
-def run(root: str, report_dir: str, tiny: bool) -> dict:
+def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> dict:
   from configs import repro_small  # pylint: disable=import-outside-toplevel
   from maskvq_jax.data import build  # pylint: disable=import-outside-toplevel
   from maskvq_jax.tools import repro_report  # pylint: disable=import-outside-toplevel
@@ -148,7 +153,7 @@ def run(root: str, report_dir: str, tiny: bool) -> dict:
 
   for run_name, arg in STAGE1:
     wd = os.path.join(root, "stage1", run_name)
-    train(journal, f"stage1/{run_name}", arg + extra, wd)
+    train(journal, f"stage1/{run_name}", arg + extra, wd, takeover_lock=takeover_lock)
   n_eval = 16 if tiny else -1
   for run_name, _ in STAGE1:
     wd = os.path.join(root, "stage1", run_name)
@@ -158,7 +163,8 @@ def run(root: str, report_dir: str, tiny: bool) -> dict:
         "--num_figures", "8"])
   for run_name, tok, arg in STAGE2:
     wd = os.path.join(root, "stage2", run_name)
-    train(journal, f"stage2/{run_name}", arg + extra, wd, os.path.join(root, "stage1", tok))
+    train(journal, f"stage2/{run_name}", arg + extra, wd, os.path.join(root, "stage1", tok),
+          takeover_lock=takeover_lock)
   n_samples = 16 if tiny else n_val
   top_k = 4 if tiny else repro_small.CODEBOOK // 8
   for run_name, _, arg in STAGE2:
@@ -188,6 +194,8 @@ def main(argv=None) -> int:
   p.add_argument("--report_dir", default=None,
                  help="default: docs/repro_small (full size) or <root>/report (--tiny)")
   p.add_argument("--tiny", action="store_true", help="16 px, a few steps: the test's size")
+  p.add_argument("--takeover_lock", action="store_true",
+                 help="take over the STALE workdir locks a killed earlier run left behind")
   args = p.parse_args(argv)
   root = os.path.abspath(args.root)
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -197,9 +205,12 @@ def main(argv=None) -> int:
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla_cache"))
   try:
-    out = run(root, report_dir, args.tiny)
+    out = run(root, report_dir, args.tiny, args.takeover_lock)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except workdir_lock.WorkdirLockError as e:  # e.g. a killed earlier run's stale lock
+    print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
     return 2
   _log(f"report: {out['markdown']}")
   return 0
