@@ -22,8 +22,8 @@ Every step runs in this process through the same functions as its command line, 
 command is logged to <ROOT>/commands.txt. Re-running resumes: trainers continue from their last
 checkpoint (a finished one does nothing), evaluations whose report matches the latest checkpoint
 are kept, and wall times accumulate in <ROOT>/timings.json. A run killed outright leaves its
-trainer's workdir lock behind; the rerun names the dead holder and `--takeover_lock` takes it. Seeds are fixed (config.seed = 0,
-sampling seed 0). XLA compilations are cached in <ROOT>/xla_cache. The dataset is built from the
+trainer's workdir lock behind; the rerun names the dead holder and `--takeover_lock` takes it.
+Seeds are fixed (config.seed = 0, sampling seed 0). XLA compilations are cached in <ROOT>/xla_cache. The dataset is built from the
 installed font into <ROOT>/tfds; without the font the run stops at once with the install command.
 """
 import argparse
