@@ -23,8 +23,9 @@ command is logged to <ROOT>/commands.txt. Re-running resumes: trainers continue 
 checkpoint (a finished one does nothing), evaluations whose report matches the latest checkpoint
 are kept, and wall times accumulate in <ROOT>/timings.json. A run killed outright leaves its
 trainer's workdir lock behind; the rerun names the dead holder and `--takeover_lock` takes it.
-Seeds are fixed (config.seed = 0, sampling seed 0). XLA compilations are cached in <ROOT>/xla_cache. The dataset is built from the
-installed font into <ROOT>/tfds; without the font the run stops at once with the install command.
+Seeds are fixed (config.seed = 0, sampling seed 0). XLA compilations are cached in
+<ROOT>/xla_cache. The dataset is built from the installed font into <ROOT>/tfds; without the font
+the run stops at once with the install command.
 """
 import argparse
 import datetime
