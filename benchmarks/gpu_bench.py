@@ -89,7 +89,8 @@ def model_variants(model_cls, args) -> list:
   remat_policy) among those asked for; [{}] for a model with none of them."""
   from maskvq_jax.models import transformer  # pylint: disable=g-import-not-at-top
   fields = {f.name for f in dataclasses.fields(model_cls)}
-  impls = args.attention_impls.split(",") if args.attention_impls else transformer.ATTENTION_IMPLS
+  impls = (args.attention_impls.split(",") if args.attention_impls
+           else transformer.benchmarked_attention_impls(jax.default_backend()))
   options = {"scan_layers": [bool(int(v)) for v in args.scan.split(",")],
              "attention_impl": list(impls),
              "remat_policy": args.remat_policies.split(",")}
@@ -337,7 +338,8 @@ def main(argv=None):
   ap.add_argument("--dtypes", default="bfloat16", help="compute_dtype values, comma separated")
   ap.add_argument("--scan", default="1,0", help="model.scan_layers values (1/0), comma separated")
   ap.add_argument("--attention_impls", default="",
-                  help="model.attention_impl values (default: every transformer.ATTENTION_IMPLS)")
+                  help="model.attention_impl values (default: every distinct one on this backend, "
+                       "transformer.benchmarked_attention_impls)")
   ap.add_argument("--remat_policies", default="none", help="model.remat_policy values")
   ap.add_argument("--stackformer_batch", type=int, default=64)
   ap.add_argument("--mqvae_batch", type=int, default=16)

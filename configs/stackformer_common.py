@@ -53,7 +53,10 @@ def stage2_base(*, tokenizer="", batch=240, d_model=1024, n_heads=16, layers=(12
       # remat_policy: none | full | dots_saveable | dots_with_no_batch_dims_saveable (what a block
       # keeps for the backward pass). attention_impl: xla (einsum, exact official numerics) |
       # dot_product (jax.nn.dot_product_attention, XLA) | cudnn (cuDNN fused attention on GPUs;
-      # XLA with a logged note where cuDNN is unavailable).
+      # XLA with a logged note where cuDNN is unavailable) | pallas (Pallas splash attention on
+      # TPUs, causal forward; XLA with a logged note elsewhere) | auto (cudnn on GPU, pallas on
+      # TPU, xla on CPU). The fused ones skip attention-weight dropout, so with attn_dropout > 0
+      # training uses xla.
       scan_layers=scan_layers, remat_policy="none", attention_impl="xla"))
   # Byte-level text encoder (maskvq_jax/models/text_encoder.py), trained jointly; text models only.
   c.text_encoder = mlc.ConfigDict(dict(enabled=text, d_model=512, n_heads=8, n_layers=4,

@@ -78,7 +78,7 @@ def test_command_line_sets_them(monkeypatch):
     ("remat_policy", "everything", r"^model\.remat_policy='everything'; choose one of none, full, "
                                    r"dots_saveable, dots_with_no_batch_dims_saveable$"),
     ("attention_impl", "flash", r"^model\.attention_impl='flash'; choose one of xla, dot_product, "
-                                r"cudnn$"),
+                                r"cudnn, pallas, auto$"),
 ])
 def test_bad_values_fail_before_anything_compiles(stage1_dir, tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):

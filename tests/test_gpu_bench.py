@@ -104,7 +104,7 @@ def test_small_run_without_tf_clu_grain_ml_collections(tmp_path):
   # Training steps: one line per scan x attention implementation (stage 2), numbers that add up.
   sf = by["stackformer"]
   assert {(r["scan_layers"], r["attention_impl"]) for r in sf} == set(
-      itertools.product((True, False), transformer.ATTENTION_IMPLS))
+      itertools.product((True, False), transformer.benchmarked_attention_impls("cpu")))
   for rec in sf + by["mqvae"]:
     assert rec["compute_dtype"] == "bfloat16"
     assert rec["step_s"] > 0 and rec["compile_s"] > 0 and rec["flops_per_step"] > 0, rec

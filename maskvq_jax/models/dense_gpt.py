@@ -78,7 +78,7 @@ class DenseGPT(nn.Module):
     t = codes_in.shape[1]
     if t > self.block_size:
       raise ValueError(f"sequence length {t} exceeds block_size={self.block_size}")
-    logits, _ = self._forward(codes_in, 0, causal_mask(t, t), train=train)
+    logits, _ = self._forward(codes_in, 0, None, train=train)  # None: causal (fused kernels' form)
     return logits
 
   def init_cache(self, batch: int, length: int, dtype: Dtype = jnp.float32) -> KVCache:

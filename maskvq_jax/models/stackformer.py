@@ -70,8 +70,8 @@ class Stackformer(nn.Module):
   cond_dropout: float = 0.0
   use_abs_pos: bool = True
   dtype: Dtype = jnp.float32
-  attention_impl: str = "xla"  # or "dot_product" / "cudnn" (jax.nn.dot_product_attention); see
-  # transformer.ATTENTION_IMPLS
+  attention_impl: str = "xla"  # or "dot_product" / "cudnn" (jax.nn.dot_product_attention) /
+  # "pallas" (splash attention kernel, TPU) / "auto"; see transformer.ATTENTION_IMPLS
   remat: bool = False  # = remat_policy "full" (when remat_policy is "none")
   scan_layers: bool = False
   remat_policy: str = "none"

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskvq_jax.models import pallas_attention
+
 Dtype = Any
 KVCache = list  # One {"k": [B, H, L, Dh], "v": [B, H, L, Dh]} dict per layer.
 # Cross-attention inputs: (per-layer [(k, v)] or, scanned, (k, v) stacked [n, B, H, Lc, Dh],
@@ -38,8 +40,14 @@ ACT_NAMES = ("batch", "length", "embed")
 # "xla": einsum + float32 softmax (exact official numerics); "dot_product":
 # jax.nn.dot_product_attention's XLA implementation; "cudnn": its cuDNN fused kernel, falling back
 # to "dot_product" (one logged note per reason) where cuDNN cannot run it: no GPU / cuDNN, float32
-# inputs (cuDNN needs bf16 / fp16), unsupported head size or mask.
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
+# inputs (cuDNN needs bf16 / fp16), unsupported head size or mask; "pallas": the Pallas splash
+# (flash) attention kernel on TPU for the causal teacher-forced forward (`pallas_attention`),
+# falling back to "xla" (one logged note per reason) off TPU or where the mesh shards the length;
+# "auto": "cudnn" on GPU, "pallas" on TPU, "xla" elsewhere. Every fused path computes the same
+# function; with attention-weight dropout active (training with attn_dropout > 0) and for masked
+# attention (KV-cached decoding, the text encoder, cross-attention) "pallas" uses "xla".
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas", "auto")
+AUTO_ATTENTION = {"gpu": "cudnn", "tpu": "pallas"}  # "auto" per backend; others: "xla"
 # Cache layout [B, H, L, Dh] (heads before length): the per-step q.k^T and weights.v contractions
 # then read the cache in place; [B, L, H, Dh] made XLA transpose every layer's cache every step
 # (4x slower decode on CPU at L = 256).
@@ -148,6 +156,29 @@ def cache_length(cache: KVCache) -> int:
 _FALLBACK_NOTES = set()  # reasons already logged (one note each, not one per layer or trace)
 
 
+def resolve_attention_impl(impl: str, backend: Optional[str] = None) -> str:
+  """The implementation `impl` stands for on `backend` (default: jax's): "auto" -> AUTO_ATTENTION
+  or "xla"; other values as they are. A ValueError names an unknown value."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r}; choose one of {ATTENTION_IMPLS}")
+  if impl != "auto":
+    return impl
+  return AUTO_ATTENTION.get(backend or jax.default_backend(), "xla")
+
+
+def benchmarked_attention_impls(backend: str) -> tuple:
+  """The distinct implementations worth timing on `backend`: not "auto" (an alias), and "pallas"
+  only on TPU (elsewhere it is "xla")."""
+  return tuple(i for i in ATTENTION_IMPLS if i != "auto" and (i != "pallas" or backend == "tpu"))
+
+
+def _note_fallback(impl: str, reason: str):
+  """Logs `reason` once per (impl, reason), not once per layer or trace."""
+  if (impl, reason) not in _FALLBACK_NOTES:
+    _FALLBACK_NOTES.add((impl, reason))
+    logging.warning("attention_impl=%r unavailable here (%s); using XLA attention", impl, reason)
+
+
 def fused_attention(q, k, v, *, scale: float, mask, impl: str):
   """jax.nn.dot_product_attention of q [B, S, H, Dh], k / v [B, L, H, Dh]; mask None = causal.
 
@@ -159,10 +190,7 @@ def fused_attention(q, k, v, *, scale: float, mask, impl: str):
     try:
       return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kw)
     except (RuntimeError, ValueError, NotImplementedError) as e:
-      note = f"{type(e).__name__}: {e}"
-      if note not in _FALLBACK_NOTES:
-        _FALLBACK_NOTES.add(note)
-        logging.warning("attention_impl='cudnn' unavailable here (%s); using XLA attention", note)
+      _note_fallback("cudnn", f"{type(e).__name__}: {e}")
   return jax.nn.dot_product_attention(q, k, v, **kw)
 
 
@@ -177,13 +205,12 @@ class Attention(nn.Module):
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
   dtype: Dtype = jnp.float32
-  # One of ATTENTION_IMPLS. The fused paths ("dot_product", "cudnn") have no attention-weight
-  # dropout, so they are used only when that dropout is inactive.
+  # One of ATTENTION_IMPLS. The fused paths ("dot_product", "cudnn", "pallas") have no
+  # attention-weight dropout, so they are used only when that dropout is inactive.
   impl: str = "xla"
 
   def setup(self):
-    if self.impl not in ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.impl!r}; choose one of {ATTENTION_IMPLS}")
+    resolve_attention_impl(self.impl)  # a bad value fails here, before anything is traced
     self.query = dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
     self.key = dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
     self.value = dense(self.d_model, ("embed", "heads"), dtype=self.dtype)
@@ -208,10 +235,21 @@ class Attention(nn.Module):
     mask None means causal over equal-length q and k (the teacher-forced forward).
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
-    if self.impl != "xla" and not (train and self.attn_dropout > 0):
+    impl = resolve_attention_impl(self.impl)
+    if impl != "xla" and train and self.attn_dropout > 0:
+      impl = "xla"  # the fused kernels have no attention-weight dropout
+    if impl == "pallas" and mask is None:
+      reason = pallas_attention.unavailable(q.shape, CACHE_NAMES)
+      if reason is None:
+        y = pallas_attention.causal_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                              scale=scale, names=CACHE_NAMES)
+        y = jnp.swapaxes(y, 1, 2).reshape(y.shape[0], y.shape[2], self.d_model)
+        return self.resid_drop(self.proj(y), deterministic=not train)
+      _note_fallback("pallas", reason)
+    if impl in ("dot_product", "cudnn"):
       t = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, S, Dh] -> [B, S, H, Dh]
       y = fused_attention(t(q), t(k).astype(q.dtype), t(v).astype(q.dtype), scale=scale,
-                          mask=mask, impl=self.impl)
+                          mask=mask, impl=impl)
       y = y.reshape(y.shape[:2] + (self.d_model,))
       return self.resid_drop(self.proj(y), deterministic=not train)
     if mask is None:
