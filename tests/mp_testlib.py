@@ -160,12 +160,12 @@ def scalars(workdir: str, prefix: str) -> dict[int, dict[str, float]]:
 # state and run a few steps at most: the first launch against a 1-process run from step 0, each
 # later launch against a 1-process run restored from the checkpoint that launch restored
 # (`start`), and the whole chain's integers against the uninterrupted run (measured that way, same
-# launches: every scalar within 1.7e-6 at every step, Adam's moments within 0.2 of their
-# allowance below, the worst being rounding leaves). Stage 2 (no adaptive weight) agrees to 3e-7 over
-# its whole chain and keeps one uninterrupted reference. Within a compared stretch:
+# launches, two runs: every scalar within 3e-6 at every step, Adam's moments within 0.2 of their
+# allowance below, the worst being rounding leaves). Stage 2 (no adaptive weight) agrees to
+# 3e-7 over its whole chain and keeps one uninterrupted reference. Within a compared stretch:
 #
 # - its first step (same state, same batch; only the order of the sums differs): every scalar,
-#   gradient norms and d_weight included, within FIRST_STEP (measured: <= 1.2e-6);
+#   gradient norms and d_weight included, within FIRST_STEP (measured: <= 2.9e-6);
 # - every step: the scalars that are functions of the parameters and the batch (losses, codebook
 #   and mask statistics, logits, parameter norms, lr) within VALUES (measured: <= 2.2e-5 even five
 #   steps from the common state);
