@@ -180,3 +180,76 @@ def test_bad_configs_raise_before_compile(bad, match):
 def test_models_import_without_tensorflow():
   code = "import sys, maskvq_jax.models; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 64), (3, 7, 64)])
+def test_group_norm_equals_flax_two_pass(shape):
+  """Our GroupNorm (per-channel sums first) = nn.GroupNorm(32, 1e-6, two-pass): values, params,
+  gradients; bf16 output within bf16 rounding."""
+  from maskvq_jax.models.layers import GroupNorm  # pylint: disable=import-outside-toplevel
+  x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.5
+  ref_mod = nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False)
+  ours_mod = GroupNorm(num_groups=32, epsilon=1e-6)
+  params = ref_mod.init(jax.random.key(1), x)
+  assert jax.tree.structure(ours_mod.init(jax.random.key(1), x)) == jax.tree.structure(params)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  np.testing.assert_allclose(ours_mod.apply(params, x), ref_mod.apply(params, x), rtol=1e-5,
+                             atol=1e-5)
+  r = jax.random.normal(jax.random.key(3), shape)
+  loss = lambda mod: jax.grad(lambda p, x: jnp.sum(jax.nn.silu(mod.apply(p, x)) * r),
+                              argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(loss(ours_mod)), jax.tree.leaves(loss(ref_mod))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+  low = GroupNorm(num_groups=32, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low.astype(jnp.float32), ref_mod.apply(params, x), rtol=2e-2,
+                             atol=2e-2)
+  with pytest.raises(ValueError, match="num_groups"):
+    GroupNorm(num_groups=32).init(jax.random.key(0), jnp.zeros((1, 4, 4, 48)))
+
+
+def _group_norm_f64(x, scale, bias, dy, groups):
+  """GroupNorm (two-pass variance, eps 1e-6) and its pull-back of `dy`, in float64 numpy."""
+  x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+  scale, bias = np.asarray(scale, np.float64), np.asarray(bias, np.float64)
+  grouped = lambda t: t.reshape(t.shape[0], -1, groups, t.shape[-1] // groups)
+  axes = (1, 3)
+  xs = grouped(x)
+  centred = xs - xs.mean(axis=axes, keepdims=True)
+  inv = 1.0 / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + 1e-6)
+  xhat = (centred * inv).reshape(x.shape)
+  d_xhat = grouped(dy * scale)
+  xh = grouped(xhat)
+  dx = inv * (d_xhat - d_xhat.mean(axis=axes, keepdims=True)
+              - xh * (d_xhat * xh).mean(axis=axes, keepdims=True))
+  sums = tuple(range(x.ndim - 1))
+  return xhat * scale + bias, dx.reshape(x.shape), (dy * xhat).sum(sums), dy.sum(sums)
+
+
+@pytest.mark.parametrize("shape,offset", [((2, 32, 32, 64), 0.0), ((2, 32, 32, 64), 30.0),
+                                          ((8, 16, 16, 32), 0.5)])
+def test_group_norm_matches_float64(shape, offset):
+  """Values and gradients (x, scale, bias) of our GroupNorm within float32 rounding of a float64
+  numpy GroupNorm, and no further from it than nn.GroupNorm(two-pass) is (x 1.5 + 1 ulp): a large
+  common offset (activations far from zero mean) must not cost precision."""
+  from maskvq_jax.models.layers import GroupNorm  # pylint: disable=import-outside-toplevel
+  k = jax.random.split(jax.random.key(4), 4)
+  x = offset + jax.random.normal(k[0], shape) + jax.random.normal(k[1], shape[-1:])
+  dy = jax.random.normal(k[2], shape)
+  c = shape[-1]
+  params = {"params": {"scale": 1.0 + 0.1 * jax.random.normal(k[3], (c,)),
+                       "bias": jnp.linspace(-0.5, 0.5, c)}}
+  want = _group_norm_f64(x, params["params"]["scale"], params["params"]["bias"], dy, 32)
+
+  def errors(mod):
+    y, pull = jax.vjp(lambda p, x: mod.apply(p, x), params, x)
+    gp, gx = pull(dy)
+    got = (y, gx, gp["params"]["scale"], gp["params"]["bias"])
+    return [float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+            for a, b in zip(got, want)]
+
+  ours = errors(GroupNorm(num_groups=32, epsilon=1e-6))
+  flax_ref = errors(nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False))
+  for name, e, f in zip(("y", "dx", "dscale", "dbias"), ours, flax_ref):
+    assert e < 2e-6, (name, e)
+    assert e <= 1.5 * f + 1.2e-7, (name, e, f)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -87,9 +88,46 @@ class Dense(nn.Module):
     return y
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm over the channel (last) axis, two-pass variance like torch; affine `scale`/`bias`.
+
+  Same parameters ("scale", "bias", both [C] float32) and, up to float summation order, the same
+  result as `nn.GroupNorm(num_groups, epsilon, use_fast_variance=False)`. The statistics are
+  first summed per channel over the spatial axes (a reduction along the leading axes, vectorised
+  over the contiguous channel axis) and only then per group; flax reduces a [B, H, W, G, C/G]
+  view along its narrow minor axis instead. On the 2-core CPU, GroupNorm + swish of a
+  [8, 64, 64, 64] activation: 8.6 -> 2.8-3.3 ms forward, 12-15 -> 5.5-6.2 ms forward + backward.
+  Statistics are computed in float32 whatever `dtype` is; the result is cast to `dtype`.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c, g = x.shape[-1], self.num_groups
+    if c % g:
+      raise ValueError(f"{c} channels are not divisible by num_groups={g}")
+    scale = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    axes = tuple(range(1, x.ndim - 1))
+    count = (c // g) * int(np.prod(x.shape[1:-1]))
+    per_channel = (x.shape[0],) + (1,) * len(axes) + (c,)
+
+    def group_mean(channel_sums):  # [B, C] -> per-group means, repeated per channel.
+      means = channel_sums.reshape(-1, g, c // g).sum(-1) / count
+      return jnp.repeat(means, c // g, axis=-1).reshape(per_channel)
+
+    centred = x - group_mean(jnp.sum(x, axis=axes))
+    var = group_mean(jnp.sum(centred * centred, axis=axes))
+    y = centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
 def group_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32):
   """taming's Normalize: GroupNorm(32 groups, eps 1e-6, affine), two-pass variance like torch."""
-  return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, dtype=dtype, name=name)
+  return GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
