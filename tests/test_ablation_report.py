@@ -125,3 +125,16 @@ def test_sweep_dry_run_prints_one_run_per_keep(tmp_path):
     assert "--config.log_every_steps=5" in train and "steps=10" in train
     assert "-m maskvq_jax.evaluate" in ev and f"keep_{k}" in ev
   assert "ablation_report" in lines[4] and f"{tmp_path}/runs/ablation.md" in lines[4]
+
+
+def test_a_stage2_run_still_training_is_not_read_as_a_tokenizer(tmp_path):
+  """A stage-2 workdir with a checkpoint but no evaluation yet (a partly finished reproduction):
+  a ValueError naming it (the reports then show n/a), not a KeyError from the tokenizer fields."""
+  wd = tmp_path / "stackformer"
+  ck = checkpointing.Checkpointer(str(wd / "checkpoints"), save_every=1, async_save=False)
+  ck.save(1, {"step": np.int32(1)}, meta={"step": 1, "config": {
+      "trainer": "stackformer", "model": {"d_model": 128, "code_layers": 3}}}, force=True)
+  ck.close()
+  with pytest.raises(ValueError, match=rf"^{wd}: no evaluation report and no readable checkpoint "
+                                       rf"\({wd}: not a tokenizer run \(no resolution / ch_mult"):
+    ablation_report.collect(str(wd))

@@ -55,6 +55,8 @@ def _config_row(workdir: str) -> dict:
   model = (loc.meta.get("config") or {}).get("model") or loc.meta.get("model")
   if not model:
     raise ValueError(f"{workdir}: no model config in its checkpoint meta")
+  if "resolution" not in model or "ch_mult" not in model:  # e.g. a stage-2 run still training
+    raise ValueError(f"{workdir}: not a tokenizer run (no resolution / ch_mult in its model config)")
   dense = bool(model.get("dense", False))
   grid = model["resolution"] // 2 ** (len(model["ch_mult"]) - 1)
   keep = 1.0 if dense else float(model["keep_ratio"])
