@@ -326,7 +326,7 @@ def write(root: str, out_dir: str) -> dict:
   s1 = {r["run"]: r for r in rows["stage1"]}
   tok = lambda name, d=0: int(s1.get(name, {}).get("tokens_per_image") or d)
   side = lambda n: f"{int(round(n ** 0.5))} x {int(round(n ** 0.5))}"
-  s2_tok = [int(r.get("tokens_per_image") or 0) for r in rows["stage2"]]
+  s2_tok = [int(r.get("tokens_per_image") or tok(r["tokenizer_run"])) for r in rows["stage2"]]
   samplers = [((_read_json(p) or {}).get("settings") or {}) for r in rows["stage2"]
               for p in r.get("reports", [])[-1:]]
   top = next((s for s in samplers if s.get("top_k") is not None), {})
