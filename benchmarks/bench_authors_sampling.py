@@ -28,6 +28,8 @@ import sys
 import time
 import types
 
+import sampling_bench_config  # benchmarks/ (the script's directory) is on sys.path
+
 
 def _stand_ins(torch):
   """Registers empty modules for the wrapper's import-time dependencies that are not installed."""
@@ -48,13 +50,7 @@ def main():
   ap.add_argument("--authors_repo", required=True)
   ap.add_argument("--runs", type=int, default=5)
   ap.add_argument("--threads", type=int, default=2)
-  ap.add_argument("--batch", type=int, default=8)
-  ap.add_argument("--steps", type=int, default=64)  # K kept tokens of a 16x16 grid (25 %).
-  ap.add_argument("--grid_tokens", type=int, default=256)
-  ap.add_argument("--codebook", type=int, default=1024)
-  ap.add_argument("--d_model", type=int, default=256)
-  ap.add_argument("--heads", type=int, default=8)
-  ap.add_argument("--layers", type=int, default=4)  # Per transformer (code and position).
+  sampling_bench_config.add_args(ap)
   args = ap.parse_args()
   if not os.path.isfile(os.path.join(args.authors_repo, "models", "stage2_masked", "stackformer_uncond.py")):
     print(f"error: --authors_repo {args.authors_repo!r} is not a checkout of CrossmodalGroup/"

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from maskvq_jax.stage2 import sampling
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer
+import sampling_bench_config  # benchmarks/ (the script's directory) is on sys.path
 
 
 def _time(fn, runs):
@@ -51,13 +52,7 @@ def masked_setup(*, grid_tokens=256, codebook=1024, d_model=256, heads=8, layers
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--runs", type=int, default=15)  # Medians: the shared host is noisy.
-  ap.add_argument("--batch", type=int, default=8)
-  ap.add_argument("--steps", type=int, default=64)  # K kept tokens of a 16x16 grid (25 %).
-  ap.add_argument("--grid_tokens", type=int, default=256)
-  ap.add_argument("--codebook", type=int, default=1024)
-  ap.add_argument("--d_model", type=int, default=256)
-  ap.add_argument("--heads", type=int, default=8)
-  ap.add_argument("--layers", type=int, default=4)  # Per Stackformer transformer; dense: 2x.
+  sampling_bench_config.add_args(ap)
   args = ap.parse_args()
 
   n, b = args.grid_tokens, args.batch
