@@ -206,6 +206,15 @@ def sample_report(stage2_dir: str, out: str, per_grid: int, per_class: int, clf)
           "positions_distinct": bool(distinct), "checkpoint_step": loaded["info"]["step"]}
 
 
+def _train(trainer: str, config, workdir: str) -> dict:
+  """The trainer's run; a workdir lock it cannot take (e.g. the stale lock of a killed earlier
+  run) is a one-line user error naming this tool's flag."""
+  try:
+    return trainers.get(trainer).train(config, workdir)
+  except workdir_lock.WorkdirLockError as e:
+    raise cli.UserError(workdir_lock.with_takeover_flag(e, "--takeover_lock")) from e
+
+
 @cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
@@ -228,11 +237,7 @@ def main(argv=None) -> int:
   _log(f"stage 1/3: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}), "
        f"{c1.total_steps} steps -> {wd}/stage1")
   t = time.time()
-  try:
-    s1 = trainers.get("mqvae").train(c1, files.join(wd, "stage1"))
-  except workdir_lock.WorkdirLockError as e:  # e.g. a killed earlier run's stale lock
-    print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
-    return 2
+  s1 = _train("mqvae", c1, files.join(wd, "stage1"))
   s1_secs = time.time() - t
   _log(f"stage 1/3 done in {progress.hms(s1_secs)} (steps {s1['first_step']} -> {s1['last_step']})")
 
@@ -240,11 +245,7 @@ def main(argv=None) -> int:
        f"-> {wd}/stage2")
   c2.tokenizer = files.join(wd, "stage1")
   t = time.time()
-  try:
-    s2 = trainers.get("stackformer").train(c2, files.join(wd, "stage2"))
-  except workdir_lock.WorkdirLockError as e:
-    print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
-    return 2
+  s2 = _train("stackformer", c2, files.join(wd, "stage2"))
   s2_secs = time.time() - t
   _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 
