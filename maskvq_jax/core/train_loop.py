@@ -31,6 +31,28 @@ from maskvq_jax.core import checkpointing
 from maskvq_jax.core import loop
 
 
+# Exit status of a tool that chains trainers (quickstart, repro_small) after one of them was
+# preempted: 128 + SIGTERM, so schedulers that requeue terminated jobs requeue it.
+EXIT_STOPPED = 143
+
+
+class RunStopped(RuntimeError):
+  """A trainer returned before its last step (preempted): what comes after it must not start."""
+
+
+def require_finished(summary: dict, name: str) -> dict:
+  """`summary` (a trainer's) if it reached its last step, else RunStopped naming where it stopped.
+
+  A preempted trainer exits cleanly with a checkpoint; a pipeline that went on would evaluate or
+  train on an unfinished model (the next stage reads the latest checkpoint).
+  """
+  if summary.get("finished", True):
+    return summary
+  why = "preempted (SIGTERM)" if summary.get("preempted") else "stopped early (run_steps)"
+  raise RunStopped(f"{name} {why} at step {summary['last_step']} of {summary['total_steps']}, "
+                   "its checkpoint written; rerun the same command to resume")
+
+
 @dataclasses.dataclass
 class Periodic:
   """A job run every `every` steps and at the end of training: `run(step, state)` -> its result.

@@ -51,6 +51,7 @@ from maskvq_jax.evaluation import codebook
 from maskvq_jax.core import cli
 from maskvq_jax.core import files
 from maskvq_jax.core import progress
+from maskvq_jax.core import train_loop
 from maskvq_jax.core import workdir_lock
 from maskvq_jax.evaluation import mask_analysis
 from maskvq_jax.evaluation import recon
@@ -206,11 +207,12 @@ def sample_report(stage2_dir: str, out: str, per_grid: int, per_class: int, clf)
           "positions_distinct": bool(distinct), "checkpoint_step": loaded["info"]["step"]}
 
 
-def _train(trainer: str, config, workdir: str) -> dict:
+def _train(trainer: str, config, workdir: str, name: str) -> dict:
   """The trainer's run; a workdir lock it cannot take (e.g. the stale lock of a killed earlier
-  run) is a one-line user error naming this tool's flag."""
+  run) is a one-line user error naming this tool's flag; a preempted trainer stops the quickstart
+  (train_loop.RunStopped) instead of starting the next stage on an unfinished model."""
   try:
-    return trainers.get(trainer).train(config, workdir)
+    return train_loop.require_finished(trainers.get(trainer).train(config, workdir), name)
   except workdir_lock.WorkdirLockError as e:
     raise cli.UserError(workdir_lock.with_takeover_flag(e, "--takeover_lock")) from e
 
@@ -218,6 +220,14 @@ def _train(trainer: str, config, workdir: str) -> dict:
 @cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
+  try:
+    return _run(args)
+  except train_loop.RunStopped as e:  # preempted: one line, no report, no next stage
+    print(f"stopped: {e}", file=sys.stderr)
+    return train_loop.EXIT_STOPPED
+
+
+def _run(args) -> int:
   _START[0] = t_all = time.time()
   size = "tiny" if args.tiny else "full"
   s1_arg, s2_arg, n_report, per_grid = SIZES[size]
@@ -237,7 +247,7 @@ def main(argv=None) -> int:
   _log(f"stage 1/3: MQ-VAE on procedural shapes (configs/quickstart.py:{s1_arg}), "
        f"{c1.total_steps} steps -> {wd}/stage1")
   t = time.time()
-  s1 = _train("mqvae", c1, files.join(wd, "stage1"))
+  s1 = _train("mqvae", c1, files.join(wd, "stage1"), "stage 1")
   s1_secs = time.time() - t
   _log(f"stage 1/3 done in {progress.hms(s1_secs)} (steps {s1['first_step']} -> {s1['last_step']})")
 
@@ -245,7 +255,7 @@ def main(argv=None) -> int:
        f"-> {wd}/stage2")
   c2.tokenizer = files.join(wd, "stage1")
   t = time.time()
-  s2 = _train("stackformer", c2, files.join(wd, "stage2"))
+  s2 = _train("stackformer", c2, files.join(wd, "stage2"), "stage 2")
   s2_secs = time.time() - t
   _log(f"stage 2/3 done in {progress.hms(s2_secs)} (steps {s2['first_step']} -> {s2['last_step']})")
 

@@ -107,6 +107,7 @@ def train(journal: Journal, key: str, arg: str, workdir: str, tokenizer: str = "
           takeover_lock: bool = False):
   from configs import repro_small  # pylint: disable=import-outside-toplevel
   from maskvq_jax import trainers  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.core import train_loop  # pylint: disable=import-outside-toplevel
   cfg = repro_small.get_config(arg)
   cfg.takeover_lock = takeover_lock  # not journaled: it does not change what is computed
   argv = ["python", "-m", "maskvq_jax.main", "--config", f"{CONFIG}:{arg}", "--workdir", workdir]
@@ -117,7 +118,8 @@ def train(journal: Journal, key: str, arg: str, workdir: str, tokenizer: str = "
   if _latest_step(workdir) == cfg.total_steps:
     _log(f"{key}: finished earlier (step {cfg.total_steps})")
     return
-  journal.timed(key, lambda: trainers.get(cfg.trainer).train(cfg, workdir))
+  summary = journal.timed(key, lambda: trainers.get(cfg.trainer).train(cfg, workdir))
+  train_loop.require_finished(summary, key)  # preempted: nothing after it may start
 
 
 def evaluate(journal: Journal, key: str, flags: list[str]):
@@ -203,6 +205,7 @@ def main(argv=None) -> int:
   report_dir = os.path.abspath(args.report_dir or (
       os.path.join(root, "report") if args.tiny else os.path.join(repo, "docs", "repro_small")))
   import jax  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.core import train_loop  # pylint: disable=import-outside-toplevel
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla_cache"))
   try:
@@ -213,6 +216,9 @@ def main(argv=None) -> int:
   except workdir_lock.WorkdirLockError as e:  # e.g. a killed earlier run's stale lock
     print(f"error: {workdir_lock.with_takeover_flag(e, '--takeover_lock')}", file=sys.stderr)
     return 2
+  except train_loop.RunStopped as e:  # preempted: no further run, no report
+    print(f"stopped: {e}", file=sys.stderr)
+    return train_loop.EXIT_STOPPED
   _log(f"report: {out['markdown']}")
   return 0
 
