@@ -9,8 +9,9 @@ then for 1 and for 1 + N steps (compilations read from that cache); the differen
 two over N is the time per step with set-up and checkpoint writes cancelled out. Both
 wall-clock and process CPU seconds are measured: on a busy machine the wall clock is inflated
 by the other processes, CPU seconds much less. The quickstart's stage-1 config is measured the
-same way as a calibration point, since its idle 2-core wall time is known (README: 600 steps in
-239 s, 0.40 s/step including its share of start-up and evaluation); `idle_estimate_s` =
+same way as a calibration point, since its idle 2-core wall time is known (the quickstart's
+batch-16 stage 1 as shipped until 2026-12-02: 600 steps in 239 s, 0.40 s/step including its share
+of start-up and evaluation; this script keeps that config); `idle_estimate_s` =
 CPU s/step x (0.40 / quickstart CPU s/step) x steps. Sampling (images/s) of both stage-2 models
 is measured after one compiling batch, and the FID InceptionV3's time per image for the
 evaluation estimate. Prints one JSON line.
