@@ -13,7 +13,7 @@ checkpoints for the reconstruction grid, the stage-2 `evaluation/samples.npz`, `
   metrics.json         every number in the tables
   metrics_vs_keep.png  one panel per stage-1 metric against the fraction of the 16 x 16 grid kept
   reconstructions.png  the same held-out images: input row, then one row per stage-1 run
-  samples.png          Stackformer samples (left) and dense GPT samples (right)
+  samples.png          samples of each stage-2 model, left to right (Stackformer first)
   mask_adaptive.png    the adaptive keep-0.25 scorer's heat maps and kept regions
   reports/             the evaluation reports it read
 (`step_times.json` in `--out`, from benchmarks/bench_repro_small.py, is quoted when present.)
@@ -149,7 +149,7 @@ def claims(rows: dict) -> list[str]:
                      "Adaptive mask beats a random mask at the same keep ratio (paper Tab. 6)"))
   out.append("  " + compare("adaptive_k0.25", "random_k0.25", "lpips", "LPIPS",
                             "the same, by LPIPS"))
-  k = s1.get("dense_f4", {}).get("tokens_per_image")
+  k = tok_f4 = s1.get("dense_f4", {}).get("tokens_per_image")
   out.append(compare("adaptive_k0.25", "dense_f4", "rfid", "rFID",
                      f"At the same {int(k) if k else 'number of'} tokens per image, masking a "
                      "finer grid beats a coarser dense grid"))
@@ -166,6 +166,17 @@ def claims(rows: dict) -> list[str]:
   if ia and ib:
     out.append(f"- Stage 2 on fewer tokens samples faster: {ia:.2f} vs {ib:.2f} images/s "
                f"({ia / ib:.2f}x) -> **{'agrees' if ia > ib else 'does not agree'}**.")
+  c = s2.get("dense_gpt_f4", {})
+  n = c.get("tokens_per_image") or tok_f4
+  if a.get("fid") is not None and c.get("fid") is not None:
+    out.append(f"- At the same {int(n) if n else 'number of'} tokens per image, the Stackformer "
+               f"on the masked finer grid generates better than a raster GPT on the dense coarser "
+               f"grid (the paper's stage-2 comparison): FID Stackformer {a['fid']:.2f} vs `dense_gpt_f4` "
+               f"{c['fid']:.2f} -> **{'agrees' if a['fid'] < c['fid'] else 'does not agree'}**.")
+  else:
+    out.append("- At the same tokens per image, the Stackformer on the masked finer grid "
+               "generates better than a raster GPT on the dense coarser grid: not measured yet "
+               "(FID).")
   return out
 
 
@@ -352,8 +363,14 @@ def write(root: str, out_dir: str) -> dict:
   if os.path.exists(os.path.join(out_dir, "mask_adaptive.png")):
     md += ["Adaptive keep-0.25 scorer (image | heat map | kept regions):", "",
            "![mask](mask_adaptive.png)", ""]
-  md += [f"## Stage 2: Stackformer on {s2_tok[0]} kept tokens vs dense GPT on {s2_tok[-1]}", "",
+  md += [f"## Stage 2: Stackformer on {s2_tok[0]} kept tokens vs dense GPTs on "
+         + " and ".join(str(n) for n in s2_tok[1:]), "",
          _table(rows["stage2"], STAGE2_COLUMNS, "run"), "",
+         "`stackformer_k0.25`: Stackformer on the `adaptive_k0.25` tokens; `dense_gpt`: raster GPT "
+         "(as deep as code + position layers together) on the `dense` tokens; `dense_gpt_f4`: the "
+         "same GPT on the `dense_f4` tokens, as many per image as the Stackformer's. Training "
+         "wall times add the resumed runs only (a killed run's time is lost) and depend on the "
+         "load; compare steps, not seconds.", "",
          "FID: as many samples as held-out images, against the held-out split (small sets, so "
          "compare the rows with each other, not with published FIDs). Sampling: top-k "
          f"{top.get('top_k', 'n/a')}, top-p {top.get('top_p', 'n/a')} (Stackformer positions: "

@@ -48,6 +48,9 @@ STAGE1 = (  # (run name, configs/repro_small.py argument)
 STAGE2 = (  # (run name, stage-1 run it reads, configs/repro_small.py argument)
     ("stackformer_k0.25", "adaptive_k0.25", "stage=2"),
     ("dense_gpt", "dense", "stage=2,gpt=dense"),
+    # the paper's own stage-2 comparison: the same number of tokens per image (64), masked from
+    # the 16 x 16 grid (Stackformer) against all of a dense 8 x 8 grid (raster GPT)
+    ("dense_gpt_f4", "dense_f4", "stage=2,gpt=dense"),
 )
 STAGE1_METRICS = "rfid,psnr,ssim,lpips,usage,mask"
 CONFIG = "configs/repro_small.py"
