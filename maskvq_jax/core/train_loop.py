@@ -46,7 +46,7 @@ def require_finished(summary: dict, name: str) -> dict:
   A preempted trainer exits cleanly with a checkpoint; a pipeline that went on would evaluate or
   train on an unfinished model (the next stage reads the latest checkpoint).
   """
-  if summary.get("finished", True):
+  if summary["finished"]:
     return summary
   why = "preempted (SIGTERM)" if summary.get("preempted") else "stopped early (run_steps)"
   raise RunStopped(f"{name} {why} at step {summary['last_step']} of {summary['total_steps']}, "

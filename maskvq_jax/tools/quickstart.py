@@ -242,14 +242,10 @@ def _run(args) -> int:
   # both configs first: a bad --stage1 / --stage2 argument is reported before anything is written
   c1 = stage1_config.get_config(s1_arg)
   if args.stage1 is None:
-    for key, value in STAGE1_OVERRIDES[size].items():
-      group, name = key.split(".")
-      c1[group][name] = value
+    c1.update_from_flattened_dict(STAGE1_OVERRIDES[size])
   c2 = stage2_config.get_config(s2_arg)
   if args.stage2 is None:
-    for key, value in STAGE2_OVERRIDES[size].items():
-      group, name = key.split(".")
-      c2[group][name] = value
+    c2.update_from_flattened_dict(STAGE2_OVERRIDES[size])
   c1.takeover_lock = c2.takeover_lock = args.takeover_lock
   with cli.user_input():  # e.g. --workdir names a file
     wd = files.makedirs(args.workdir)  # absolute if local; a URL (gs://...) stays a URL
