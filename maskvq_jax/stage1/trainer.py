@@ -381,9 +381,9 @@ def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.get_rules(config.sharding_rules)
-  if config.eval.every_steps:
-    sharding_lib.padded_size("eval.batch_size", config.eval.batch_size,
-                             sharding_lib.batch_size_divisor(mesh, rules), note=True)
+  # the evaluation runs at the end of training even when eval.every_steps is 0
+  sharding_lib.padded_size("eval.batch_size", config.eval.batch_size,
+                           sharding_lib.batch_size_divisor(mesh, rules), note=True)
   parts = build(config)
   total = parts.total_steps
   logging.info("mesh %s, rules %s, %d steps", dict(mesh.shape), config.sharding_rules, total)
