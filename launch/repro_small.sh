@@ -4,7 +4,7 @@
 # evaluated on the held-out split, report written to docs/repro_small/ (tables, plots, pictures,
 # commands, machine, wall times). About two hours on 2 idle CPU cores; see configs/repro_small.py.
 #
-#   bash launch/repro_small.sh [ROOT]                 # default runs/repro_small
+#   bash launch/repro_small.sh [ROOT]                 # default runs/repro_small; may be gs://...
 #   REPRO_TINY=1 bash launch/repro_small.sh /tmp/rs   # 16 px, a few steps: report in ROOT/report
 #
 #   bash launch/repro_small.sh ROOT --takeover_lock  # after a killed run: take its stale locks
@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MASKVQ_VENV:-$ROOT_DIR/.venv}"
 RUN_ROOT="${1:-runs/repro_small}"
-case "$RUN_ROOT" in /*) ;; *) RUN_ROOT="$PWD/$RUN_ROOT" ;; esac
+case "$RUN_ROOT" in /* | *://*) ;; *) RUN_ROOT="$PWD/$RUN_ROOT" ;; esac  # URLs kept as given
 TINY="${REPRO_TINY:-0}"
 [[ "$TINY" == 0 || "$TINY" == 1 ]] || { echo "repro_small.sh: REPRO_TINY=$TINY must be 0 or 1" >&2; exit 2; }
 

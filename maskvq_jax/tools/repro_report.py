@@ -20,13 +20,15 @@ checkpoints for the reconstruction grid, the stage-2 `evaluation/samples.npz`, `
 
 Nothing is recomputed except the reconstruction grid (one small batch per tokenizer), so the
 report can be remade at any time, including from a partly finished root (missing runs: "n/a").
+`--root` and `--out` may be URLs (gs://...): everything is read and written through
+`core/files.py`.
 """
 import argparse
+import io
 import json
 import math
 import os
 import platform
-import shutil
 import sys
 
 import numpy as np
@@ -75,14 +77,14 @@ def _table(rows: list[dict], columns, first: str) -> str:
 
 
 def collect(root: str) -> dict:
-  timings = _read_json(os.path.join(root, "timings.json")) or {}
+  timings = _read_json(files.join(root, "timings.json")) or {}
   out = {"stage1": [], "stage2": []}
   for stage, runs in (("stage1", [(n, None) for n, _ in pipeline.STAGE1]),
                       ("stage2", [(n, t) for n, t, _ in pipeline.STAGE2])):
     for name, tok in runs:
-      wd = os.path.join(root, stage, name)
+      wd = files.join(root, stage, name)
       row = {"run": name, "workdir": wd, "tokenizer_run": tok}
-      if os.path.isdir(wd):
+      if files.isdir(wd):
         try:
           row.update(ablation_report.collect(wd))
         except (ValueError, FileNotFoundError):
@@ -98,7 +100,7 @@ def collect(root: str) -> dict:
 
 
 def _read_json(path):
-  return json.load(open(path)) if os.path.exists(path) else None
+  return json.loads(files.read_text(path)) if files.exists(path) else None
 
 
 def run_config(workdir: str):
@@ -209,7 +211,6 @@ def plot(rows: list[dict], path: str):
     ax.axis("off")
   axes.flat[0].legend(fontsize=7)
   fig.tight_layout()
-  import io  # pylint: disable=import-outside-toplevel
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
@@ -236,8 +237,8 @@ def reconstruction_grid(rows: list[dict], path: str):
   from maskvq_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
   from maskvq_jax.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
   from maskvq_jax.data import runs  # pylint: disable=import-outside-toplevel
-  done = [r for r in rows if r.get("workdir") and os.path.isdir(os.path.join(r["workdir"],
-                                                                              "checkpoints"))]
+  done = [r for r in rows if r.get("workdir") and files.isdir(files.join(r["workdir"],
+                                                                         "checkpoints"))]
   if not done:
     return None
   loc = runs.describe(done[0]["workdir"])
@@ -266,10 +267,11 @@ def _title(strip: np.ndarray, text: str) -> np.ndarray:
 def samples_grid(rows: list[dict], path: str, per_row: int = 8, n_rows: int = 4):
   panels, names = [], []
   for r in rows:
-    f = os.path.join(r["workdir"], "evaluation", "samples.npz")
-    if not os.path.exists(f):
+    f = files.join(r["workdir"], "evaluation", "samples.npz")
+    if not files.exists(f):
       continue
-    imgs = np.load(f)["images"][:per_row * n_rows]
+    with np.load(io.BytesIO(files.read_bytes(f))) as z:
+      imgs = z["images"][:per_row * n_rows]
     imgs = _upscale(imgs)
     k = len(imgs) // per_row * per_row
     if not k:
@@ -293,11 +295,9 @@ def samples_grid(rows: list[dict], path: str, per_row: int = 8, n_rows: int = 4)
 def machine() -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   cpu = ""
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
+  if files.exists("/proc/cpuinfo"):  # this host's
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                files.read_text("/proc/cpuinfo").splitlines() if line.startswith("model name")), "")
   return {"cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
           "platform": platform.platform(), "python": platform.python_version(),
           "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
@@ -305,33 +305,33 @@ def machine() -> dict:
 
 def write(root: str, out_dir: str) -> dict:
   """Writes the report (see the module docstring); returns {"markdown": path, ...}."""
-  root, out_dir = os.path.abspath(root), os.path.abspath(out_dir)
-  os.makedirs(os.path.join(out_dir, "reports"), exist_ok=True)
+  root, out_dir = files.absolute(root), files.absolute(out_dir)
+  files.makedirs(files.join(out_dir, "reports"))
   rows = collect(root)
-  run_meta = _read_json(os.path.join(root, "run.json")) or {}
-  timings = _read_json(os.path.join(root, "timings.json")) or {}
+  run_meta = _read_json(files.join(root, "run.json")) or {}
+  timings = _read_json(files.join(root, "timings.json")) or {}
   mach = machine()
-  pics = {"plot": plot(rows["stage1"], os.path.join(out_dir, "metrics_vs_keep.png"))}
-  rec = reconstruction_grid(rows["stage1"], os.path.join(out_dir, "reconstructions.png"))
-  smp = samples_grid(rows["stage2"], os.path.join(out_dir, "samples.png"))
-  mask = os.path.join(root, "stage1", "adaptive_k0.25", "evaluation", "figures", "mask_grid.png")
-  if os.path.exists(mask):
-    shutil.copyfile(mask, os.path.join(out_dir, "mask_adaptive.png"))
+  pics = {"plot": plot(rows["stage1"], files.join(out_dir, "metrics_vs_keep.png"))}
+  rec = reconstruction_grid(rows["stage1"], files.join(out_dir, "reconstructions.png"))
+  smp = samples_grid(rows["stage2"], files.join(out_dir, "samples.png"))
+  mask = files.join(root, "stage1", "adaptive_k0.25", "evaluation", "figures", "mask_grid.png")
+  if files.exists(mask):
+    files.write_bytes(files.join(out_dir, "mask_adaptive.png"), files.read_bytes(mask))
   for stage in ("stage1", "stage2"):
     for r in rows[stage]:
       for p in r.get("reports", []):
-        shutil.copyfile(p, os.path.join(out_dir, "reports", f"{stage}_{r['run']}.json"))
-  commands = open(os.path.join(root, "commands.txt")).read().splitlines() if os.path.exists(
-      os.path.join(root, "commands.txt")) else []
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  commands = [c.replace(root, "$ROOT").replace(repo + "/", "") for c in commands]
+        files.write_bytes(files.join(out_dir, "reports", f"{stage}_{r['run']}.json"),
+                          files.read_bytes(p))
+  cmd_path = files.join(root, "commands.txt")
+  commands = files.read_text(cmd_path).splitlines() if files.exists(cmd_path) else []
+  commands = [c.replace(root, "$ROOT").replace(pipeline.REPO + "/", "") for c in commands]
   total = sum(v["wall_s"] for v in timings.values())
   tiny = bool(run_meta.get("tiny"))
   keep = lambda r: {k: v for k, v in r.items() if k not in ("reports", "workdir")}
   metrics = {"stage1": [keep(r) for r in rows["stage1"]],
              "stage2": [keep(r) for r in rows["stage2"]], "timings": timings,
              "total_wall_s": total, "machine": mach, "run": run_meta}
-  files.write_text(os.path.join(out_dir, "metrics.json"),
+  files.write_text(files.join(out_dir, "metrics.json"),
                    json.dumps(metrics, indent=2, default=str) + "\n")
 
   s1 = {r["run"]: r for r in rows["stage1"]}
@@ -360,7 +360,7 @@ def write(root: str, out_dir: str) -> dict:
   if rec:
     md += ["Reconstructions (rows: " + ", ".join(f"`{n}`" for n in rec[1]) + "):", "",
            "![reconstructions](reconstructions.png)", ""]
-  if os.path.exists(os.path.join(out_dir, "mask_adaptive.png")):
+  if files.exists(files.join(out_dir, "mask_adaptive.png")):
     md += ["Adaptive keep-0.25 scorer (image | heat map | kept regions):", "",
            "![mask](mask_adaptive.png)", ""]
   md += [f"## Stage 2: Stackformer on {s2_tok[0]} kept tokens vs dense GPTs on "
@@ -388,15 +388,15 @@ def write(root: str, out_dir: str) -> dict:
          f"{mach['python']}, jax {mach['jax']}, devices {', '.join(mach['devices'])}.", "",
          "| step | wall s | runs |", "|:---|---:|---:|"]
   md += [f"| {k} | {v['wall_s']:.0f} | {v['runs']} |" for k, v in timings.items()]
-  est = _read_json(os.path.join(out_dir, "step_times.json"))
+  est = _read_json(files.join(out_dir, "step_times.json"))
   if est and not tiny:
     md += ["", "Estimate made before the run from measured step times "
            "(`benchmarks/bench_repro_small.py`, `step_times.json`): training "
            f"{est['training_idle_estimate_total_s'] / 60:.0f} min on 2 idle cores."]
   md += ["", "Commands (in order; `$ROOT` is the run root, paths relative to the repository):",
          "", "```bash"] + commands + ["```", ""]
-  path = files.write_text(os.path.join(out_dir, "README.md"), "\n".join(md))
-  return {"markdown": path, "metrics": os.path.join(out_dir, "metrics.json"), **pics,
+  path = files.write_text(files.join(out_dir, "README.md"), "\n".join(md))
+  return {"markdown": path, "metrics": files.join(out_dir, "metrics.json"), **pics,
           "reconstructions": rec[0] if rec else None, "samples": smp[0] if smp else None}
 
 
@@ -406,11 +406,17 @@ def main(argv=None) -> int:
   p.add_argument("--root", default="runs/repro_small")
   p.add_argument("--out", default="docs/repro_small")
   args = p.parse_args(argv)
-  if not os.path.isdir(args.root):
-    print(f"error: --root {args.root} does not exist (run bash launch/repro_small.sh first)",
+  try:
+    root = files.user_location(args.root, "--root")
+    out_dir = files.user_location(args.out, "--out")
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not files.isdir(root):
+    print(f"error: --root {root} does not exist (run bash launch/repro_small.sh first)",
           file=sys.stderr)
     return 2
-  out = write(args.root, args.out)
+  out = write(root, out_dir)
   print(out["markdown"])
   return 0
 

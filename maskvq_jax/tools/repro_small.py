@@ -26,6 +26,10 @@ trainer's workdir lock behind; the rerun names the dead holder and `--takeover_l
 Seeds are fixed (config.seed = 0, sampling seed 0). XLA compilations are cached in
 <ROOT>/xla_cache. The dataset is built from the installed font into <ROOT>/tfds; without the font
 the run stops at once with the install command.
+
+`--root` and `--report_dir` may be URLs (gs://bucket/...): every run, the dataset, the journal,
+the compilation cache and the report then live there, and the trainers and evaluations are given
+the same URLs (all paths go through `core/files.py`).
 """
 import argparse
 import datetime
@@ -35,6 +39,7 @@ import shlex
 import sys
 import time
 
+from maskvq_jax.core import files
 from maskvq_jax.core import workdir_lock
 
 STAGE1 = (  # (run name, configs/repro_small.py argument)
@@ -54,27 +59,35 @@ STAGE2 = (  # (run name, stage-1 run it reads, configs/repro_small.py argument)
 )
 STAGE1_METRICS = "rfid,psnr,ssim,lpips,usage,mask"
 CONFIG = "configs/repro_small.py"
+# this repository (the package's own files): the full-size report goes into its docs/
+REPO = files.parent(files.parent(files.parent(files.absolute(__file__))))
 
 
 def _log(msg):
   print(f"[repro_small] {msg}", file=sys.stderr, flush=True)
 
 
+def _read_json(path: str):
+  return json.loads(files.read_text(path)) if files.exists(path) else None
+
+
 class Journal:
-  """commands.txt (every command, in order, once) and timings.json (wall s per step, summed)."""
+  """commands.txt (every command, in order, once) and timings.json (wall s per step, summed).
+
+  Both are rewritten whole and atomically (`files.write_text`): object stores cannot append.
+  """
 
   def __init__(self, root: str):
     self.root = root
-    self.cmd_path = os.path.join(root, "commands.txt")
-    self.time_path = os.path.join(root, "timings.json")
-    self.timings = json.load(open(self.time_path)) if os.path.exists(self.time_path) else {}
+    self.cmd_path = files.join(root, "commands.txt")
+    self.time_path = files.join(root, "timings.json")
+    self.timings = _read_json(self.time_path) or {}
 
   def command(self, argv: list[str]):
     line = " ".join(shlex.quote(a) for a in argv)
-    seen = open(self.cmd_path).read().splitlines() if os.path.exists(self.cmd_path) else []
+    seen = files.read_text(self.cmd_path).splitlines() if files.exists(self.cmd_path) else []
     if line not in seen:
-      with open(self.cmd_path, "a") as f:
-        f.write(line + "\n")
+      files.write_text(self.cmd_path, "\n".join(seen + [line]) + "\n")
     _log(line)
 
   def timed(self, key: str, fn):
@@ -83,26 +96,23 @@ class Journal:
     entry = self.timings.setdefault(key, {"wall_s": 0.0, "runs": 0})
     entry["wall_s"] += time.time() - t
     entry["runs"] += 1
-    with open(self.time_path + ".tmp", "w") as f:
-      json.dump(self.timings, f, indent=2)
-    os.replace(self.time_path + ".tmp", self.time_path)
+    files.write_text(self.time_path, json.dumps(self.timings, indent=2) + "\n")
     return out
 
 
 def _latest_step(workdir: str):
   from maskvq_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
-  d = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(d):
+  d = files.join(workdir, "checkpoints")
+  if not files.isdir(d):
     return None
   steps = checkpointing.Checkpointer(d, save_every=1).all_steps()
   return steps[-1] if steps else None
 
 
 def _report_is_current(workdir: str) -> bool:
-  path = os.path.join(workdir, "evaluation", "report.json")
-  if not os.path.exists(path):
+  rep = _read_json(files.join(workdir, "evaluation", "report.json"))
+  if rep is None:
     return False
-  rep = json.load(open(path))
   return (rep.get("target") or {}).get("step") == _latest_step(workdir)
 
 
@@ -139,17 +149,16 @@ def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> 
   from configs import repro_small  # pylint: disable=import-outside-toplevel
   from maskvq_jax.data import build  # pylint: disable=import-outside-toplevel
   from maskvq_jax.tools import repro_report  # pylint: disable=import-outside-toplevel
-  os.makedirs(root, exist_ok=True)
+  root, report_dir = files.makedirs(root), files.absolute(report_dir)
   journal = Journal(root)
-  data_dir = os.path.join(root, "tfds")
+  data_dir = files.join(root, "tfds")  # a URL root keeps its dataset in the bucket too
   res = 16 if tiny else repro_small.RES
   extra = f",data_dir={data_dir}" + (",tiny" if tiny else "")
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  meta_path = os.path.join(root, "run.json")
-  meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {"started": started}
+  meta_path = files.join(root, "run.json")
+  meta = _read_json(meta_path) or {"started": started}
   meta.update(tiny=tiny, last_started=started, load_average_at_start=list(os.getloadavg()))
-  with open(meta_path, "w") as f:
-    json.dump(meta, f, indent=2)
+  files.write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
   name = f"{repro_small.DATASET}/{res}"
   journal.command(["python", "-m", "maskvq_jax.data.build", "--name", name, "--data_dir",
@@ -158,36 +167,35 @@ def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> 
   n_val = b.info.splits["validation"].num_examples
 
   for run_name, arg in STAGE1:
-    wd = os.path.join(root, "stage1", run_name)
+    wd = files.join(root, "stage1", run_name)
     train(journal, f"stage1/{run_name}", arg + extra, wd, takeover_lock=takeover_lock)
   n_eval = 16 if tiny else -1
   for run_name, _ in STAGE1:
-    wd = os.path.join(root, "stage1", run_name)
+    wd = files.join(root, "stage1", run_name)
     evaluate(journal, f"eval/{run_name}", [
         "--workdir", wd, "--metrics", STAGE1_METRICS, "--split", "validation",
-        "--num_examples", str(n_eval), "--stats_cache", os.path.join(root, "cache"),
+        "--num_examples", str(n_eval), "--stats_cache", files.join(root, "cache"),
         "--num_figures", "8"])
   for run_name, tok, arg in STAGE2:
-    wd = os.path.join(root, "stage2", run_name)
-    train(journal, f"stage2/{run_name}", arg + extra, wd, os.path.join(root, "stage1", tok),
+    wd = files.join(root, "stage2", run_name)
+    train(journal, f"stage2/{run_name}", arg + extra, wd, files.join(root, "stage1", tok),
           takeover_lock=takeover_lock)
   n_samples = 16 if tiny else n_val
   top_k = 4 if tiny else repro_small.CODEBOOK // 8
   for run_name, _, arg in STAGE2:
-    wd = os.path.join(root, "stage2", run_name)
+    wd = files.join(root, "stage2", run_name)
     flags = ["--workdir", wd, "--metrics", "fid", "--split", "validation",
              "--num_examples", str(n_eval), "--num_samples", str(n_samples),
              "--sample_batch_size", "8" if tiny else "64", "--seed", "0",
              "--top_k", str(top_k), "--top_p", "0.95",
-             "--stats_cache", os.path.join(root, "cache"),
-             "--save_samples", os.path.join(wd, "evaluation", "samples.npz")]
+             "--stats_cache", files.join(root, "cache"),
+             "--save_samples", files.join(wd, "evaluation", "samples.npz")]
     if "gpt=dense" not in arg:  # the authors' position filters (the dense GPT has none)
       flags += ["--position_top_k", "10", "--position_top_p", "0.95"]
     evaluate(journal, f"eval/{run_name}", flags)
 
   meta["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  with open(meta_path, "w") as f:
-    json.dump(meta, f, indent=2)
+  files.write_text(meta_path, json.dumps(meta, indent=2) + "\n")
   journal.command(["python", "-m", "maskvq_jax.tools.repro_report", "--root", root, "--out",
                    report_dir])
   return repro_report.write(root, report_dir)
@@ -203,14 +211,20 @@ def main(argv=None) -> int:
   p.add_argument("--takeover_lock", action="store_true",
                  help="take over the STALE workdir locks a killed earlier run left behind")
   args = p.parse_args(argv)
-  root = os.path.abspath(args.root)
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  report_dir = os.path.abspath(args.report_dir or (
-      os.path.join(root, "report") if args.tiny else os.path.join(repo, "docs", "repro_small")))
+  try:
+    root = files.user_location(args.root, "--root")
+    if args.report_dir:
+      report_dir = files.user_location(args.report_dir, "--report_dir")
+    else:
+      report_dir = files.join(root, "report") if args.tiny else files.join(REPO, "docs",
+                                                                            "repro_small")
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   import jax  # pylint: disable=import-outside-toplevel
   from maskvq_jax.core import train_loop  # pylint: disable=import-outside-toplevel
   if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla_cache"))
+    jax.config.update("jax_compilation_cache_dir", files.join(root, "xla_cache"))
   try:
     out = run(root, report_dir, args.tiny, args.takeover_lock)
   except (ValueError, FileNotFoundError) as e:
