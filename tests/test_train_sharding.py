@@ -62,3 +62,34 @@ def test_sharded_step_equals_single_device(reference, rules, mesh):
   diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
       jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params))])
   assert np.mean(diff > 1e-5) < 1e-3, (np.mean(diff > 1e-5), diff.max())
+
+
+def test_init_state_equals_the_plain_jitted_initialiser_with_its_shardings():
+  """`loop.init_state` compiles the initialiser with INIT_COMPILER_OPTIONS on the CPU: the same
+  parameters as the plain jitted one (to float rounding), laid out with the requested shardings;
+  with no options for the backend it is the plain jitted one, bit for bit."""
+  from maskvq_jax.core import loop  # pylint: disable=g-import-not-at-top
+  c = tiny(sharding_rules="fsdp", mesh=(("data", 4), ("fsdp", 2), ("model", 1)))
+  mesh = sharding_lib.make_mesh(c.mesh, devices=jax.devices())
+  rules = sharding_lib.get_rules(c.sharding_rules)
+  parts = trainer.build(c)
+  create = functools.partial(trainer.create_state, parts=parts)
+  rng = jax.random.PRNGKey(c.seed)
+  _, sh = sharding_lib.state_shardings(create, rng, mesh=mesh, rules=rules)
+  assert loop.INIT_COMPILER_OPTIONS.get("cpu")  # this test runs the CPU's options
+  got = loop.init_state(create, rng, mesh, rules, sh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    want = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=sh)(rng)
+  leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(leaves) == len(want_leaves) > 100
+  for a, b, s in zip(leaves, want_leaves, jax.tree.leaves(sh)):
+    assert a.sharding.is_equivalent_to(s, a.ndim)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  plain = dict(loop.INIT_COMPILER_OPTIONS)
+  try:
+    loop.INIT_COMPILER_OPTIONS.clear()
+    again = loop.init_state(create, rng, mesh, rules, sh)
+  finally:
+    loop.INIT_COMPILER_OPTIONS.update(plain)
+  for a, b in zip(jax.tree.leaves(again), want_leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -282,10 +282,22 @@ def restore_or_create(ckpt, abstract, resume, data, create, rng, mesh, rules, st
   return init_state(create, rng, mesh, rules, state_sh)
 
 
+# XLA compiler options for the one-off initialiser, per backend. On the CPU its backend
+# optimisations (LLVM, over one RNG expansion per parameter) cost far more than they save: the
+# quickstart tokenizer's initialiser compiled in 21.9 s at the default level and 6.8 s at level 0,
+# then ran in 0.12 s instead of 0.03 s (2-core EPYC, 2026-12-02). The values agree to float
+# rounding (37 of 489 leaves differ, by at most 1 ulp); every process compiles it the same way.
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
 def init_state(create, rng, mesh, rules, state_sh):
   """A fresh (unboxed) train state `create(rng)`, made on the devices with its shardings."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)(rng)
+    init = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)
+    options = INIT_COMPILER_OPTIONS.get(jax.default_backend())
+    if not options:
+      return init(rng)
+    return init.lower(rng).compile(compiler_options=options)(rng)
 
 
 def run_meta(config, step, mesh) -> dict:
