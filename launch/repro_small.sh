@@ -21,6 +21,8 @@ ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MASKVQ_VENV:-$ROOT_DIR/.venv}"
 RUN_ROOT="${1:-runs/repro_small}"
 case "$RUN_ROOT" in /* | *://*) ;; *) RUN_ROOT="$PWD/$RUN_ROOT" ;; esac  # URLs kept as given
+REPORT_DIR="${REPORT_DIR:-}"
+case "$REPORT_DIR" in "" | /* | *://*) ;; *) REPORT_DIR="$PWD/$REPORT_DIR" ;; esac  # as ROOT
 TINY="${REPRO_TINY:-0}"
 [[ "$TINY" == 0 || "$TINY" == 1 ]] || { echo "repro_small.sh: REPRO_TINY=$TINY must be 0 or 1" >&2; exit 2; }
 
@@ -28,7 +30,7 @@ bash "$ROOT_DIR/launch/setup_env.sh"
 cd "$ROOT_DIR"
 ARGS=(--root "$RUN_ROOT")
 [[ "$TINY" == 1 ]] && ARGS+=(--tiny)
-[[ -n "${REPORT_DIR:-}" ]] && ARGS+=(--report_dir "$REPORT_DIR")
+[[ -n "$REPORT_DIR" ]] && ARGS+=(--report_dir "$REPORT_DIR")
 ARGS+=("${@:2}")  # further flags of maskvq_jax.tools.repro_small, e.g. --takeover_lock
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 echo "repro_small: writing into $RUN_ROOT" >&2

@@ -82,7 +82,7 @@ def _stackformer_trainer_loss(record):
                  remat_policy=record["remat_policy"])
   parts = trainer.build(c, tok)
   create = lambda r: nn.meta.unbox(trainer.create_state(r, parts))
-  state = jax.jit(create)(jax.random.PRNGKey(c.seed))  # as loop.init_state makes it
+  state = jax.jit(create)(jax.random.PRNGKey(c.seed))  # loop.init_state's values, to rounding
   tokens = bench.token_batch(record["batch"], tok.num_tokens, tok.grid ** 2, tok.codebook_size)
   loss, _ = jax.jit(lambda p, t: trainer._loss_and_metrics(  # pylint: disable=protected-access
       {"model": p, "text": None}, t, {}, parts, jax.random.fold_in(state.rng, 0), train=True))(

@@ -241,6 +241,8 @@ def test_a_url_root_keeps_runs_journal_and_report_under_it(tmp_path, monkeypatch
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   monkeypatch.chdir(cwd)
+  monkeypatch.setenv("MASKVQ_CACHE", str(tmp_path / "cache"))
+  tfds_dir = str(tmp_path / "cache" / "tfds")  # ArrayRecord: the dataset stays local
   bucket = tmp_path / "bucket"
   local = bucket / "bkt" / "rs"  # where fake://bkt/rs lives
   r = URL_ROOT
@@ -254,10 +256,10 @@ def test_a_url_root_keeps_runs_journal_and_report_under_it(tmp_path, monkeypatch
   assert out["markdown"] == r + "/report/README.md" and out["samples"] == r + "/report/samples.png"
 
   # what the stand-ins were given: the URLs, unchanged
-  assert fake.built == [("emoji/16", r + "/tfds")] * 2  # built (found built) on each run
+  assert fake.built == [("emoji/16", tfds_dir)] * 2  # built (found built) on each run
   stage1 = {n: f"{r}/stage1/{n}" for n, _ in repro_small.STAGE1}
-  assert fake.trained[:6] == [(wd, "", r + "/tfds") for wd in stage1.values()]
-  assert fake.trained[6:] == [(f"{r}/stage2/{n}", stage1[tok], r + "/tfds")
+  assert fake.trained[:6] == [(wd, "", tfds_dir) for wd in stage1.values()]
+  assert fake.trained[6:] == [(f"{r}/stage2/{n}", stage1[tok], tfds_dir)
                               for n, tok, _ in repro_small.STAGE2]
   assert [(a.workdir, a.stats_cache, a.save_samples) for a in fake.evaluated] == [
       (wd, r + "/cache", None) for wd in stage1.values()] + [
@@ -269,7 +271,7 @@ def test_a_url_root_keeps_runs_journal_and_report_under_it(tmp_path, monkeypatch
   lines = commands.splitlines()
   assert len(lines) == len(set(lines)) == 20
   assert f"python -m maskvq_jax.main --config configs/repro_small.py:stage=2,gpt=dense,data_dir=" \
-         f"{r}/tfds,tiny --workdir {r}/stage2/dense_gpt --config.tokenizer={r}/stage1/dense" in lines
+         f"{tfds_dir},tiny --workdir {r}/stage2/dense_gpt --config.tokenizer={r}/stage1/dense" in lines
   assert f"python -m maskvq_jax.evaluate --workdir {r}/stage1/dense --metrics " \
          f"{repro_small.STAGE1_METRICS} --split validation --num_examples 16 --stats_cache " \
          f"{r}/cache --num_figures 8" in lines
@@ -313,16 +315,39 @@ def test_a_url_root_keeps_runs_journal_and_report_under_it(tmp_path, monkeypatch
   assert "fake:" not in listed and "--workdir $ROOT/stage2/dense_gpt" in listed
 
 
-def test_main_keeps_url_locations_and_refuses_unknown_schemes(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def restore_jax_cache_dir():
+  import jax  # pylint: disable=import-outside-toplevel
+  old = jax.config.jax_compilation_cache_dir
+  yield jax
+  jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_main_keeps_url_locations_and_refuses_unknown_schemes(tmp_path, monkeypatch, capsys,
+                                                              restore_jax_cache_dir):
+  jax = restore_jax_cache_dir
   got = []
   monkeypatch.setattr(repro_small, "run", lambda *a: got.append(a) or {"markdown": "m"})
   monkeypatch.chdir(tmp_path)
+  jax.config.update("jax_compilation_cache_dir", None)
   with fake_remote.mounted(str(tmp_path / "bucket")):
-    assert repro_small.main(["--root", URL_ROOT, "--tiny"]) == 0
-    assert repro_small.main(["--root", "rs", "--report_dir", URL_ROOT + "/out"]) == 0
+    assert repro_small.main(["--root", URL_ROOT + "/", "--tiny"]) == 0  # trailing "/" dropped
+    assert jax.config.jax_compilation_cache_dir == URL_ROOT + "/xla_cache"
+    assert repro_small.main(["--root", "rs", "--report_dir", URL_ROOT + "/out/"]) == 0
   assert got == [(URL_ROOT, URL_ROOT + "/report", True, False),
                  (str(tmp_path / "rs"), URL_ROOT + "/out", False, False)]
   assert repro_small.main(["--root", "nofs://b/rs"]) == 2
   assert capsys.readouterr().err.splitlines()[-1].startswith(
       "error: --root='nofs://b/rs': no filesystem for nofs://")
   assert list(tmp_path.iterdir()) == [tmp_path / "bucket"]
+
+
+def test_dataset_dir_is_local_for_url_roots():
+  """The emoji dataset is ArrayRecord (local files only): under a local root, in a local cache
+  for a URL root ($MASKVQ_CACHE when local, else ~/.cache/maskvq_jax)."""
+  home = os.path.expanduser("~")
+  assert repro_small.data_dir_for("/r/rs", {}) == "/r/rs/tfds"
+  assert repro_small.data_dir_for("gs://b/rs", {}) == f"{home}/.cache/maskvq_jax/tfds"
+  assert repro_small.data_dir_for("gs://b/rs", {"MASKVQ_CACHE": "/c"}) == "/c/tfds"
+  assert repro_small.data_dir_for("gs://b/rs", {"MASKVQ_CACHE": "gs://b/c"}) == \
+      f"{home}/.cache/maskvq_jax/tfds"

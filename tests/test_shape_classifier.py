@@ -80,6 +80,8 @@ def test_bad_images_are_named():
   clf = sc.Classifier(SMALL, {}, {}, 0.0)
   with pytest.raises(ValueError, match="uint8"):
     sc.predict(clf, np.zeros((2, 16, 16, 3), np.float32))
+  with pytest.raises(ValueError, match=r"multiples of 8, got \(20, 16\)"):
+    sc.predict(clf, np.zeros((2, 20, 16, 3), np.uint8))
   with pytest.raises(ValueError, match="labels"):
     sc.accuracy(clf, np.zeros((2, 16, 16, 3), np.uint8), [1, 2, 3])
 

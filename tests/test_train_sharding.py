@@ -64,10 +64,11 @@ def test_sharded_step_equals_single_device(reference, rules, mesh):
   assert np.mean(diff > 1e-5) < 1e-3, (np.mean(diff > 1e-5), diff.max())
 
 
-def test_init_state_equals_the_plain_jitted_initialiser_with_its_shardings():
-  """`loop.init_state` compiles the initialiser with INIT_COMPILER_OPTIONS on the CPU: the same
-  parameters as the plain jitted one (to float rounding), laid out with the requested shardings;
-  with no options for the backend it is the plain jitted one, bit for bit."""
+def test_init_state_equals_the_plain_jitted_initialiser_with_its_shardings(monkeypatch):
+  """`loop.init_state` compiles the initialiser with INIT_COMPILER_OPTIONS on the CPU (the options
+  reach the compiler): the same parameters as the plain jitted one (to float rounding), laid out
+  with the requested shardings; with no options for the backend it is the plain jitted one, bit
+  for bit."""
   from maskvq_jax.core import loop  # pylint: disable=g-import-not-at-top
   c = tiny(sharding_rules="fsdp", mesh=(("data", 4), ("fsdp", 2), ("model", 1)))
   mesh = sharding_lib.make_mesh(c.mesh, devices=jax.devices())
@@ -77,11 +78,17 @@ def test_init_state_equals_the_plain_jitted_initialiser_with_its_shardings():
   rng = jax.random.PRNGKey(c.seed)
   _, sh = sharding_lib.state_shardings(create, rng, mesh=mesh, rules=rules)
   assert loop.INIT_COMPILER_OPTIONS.get("cpu")  # this test runs the CPU's options
+  seen, compile_ = [], jax.stages.Lowered.compile
+  def recording(self, compiler_options=None, **kw):
+    seen.append(compiler_options)
+    return compile_(self, compiler_options=compiler_options, **kw)
+  monkeypatch.setattr(jax.stages.Lowered, "compile", recording)
   got = loop.init_state(create, rng, mesh, rules, sh)
+  assert seen == [loop.INIT_COMPILER_OPTIONS["cpu"]]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     want = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=sh)(rng)
   leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
-  assert len(leaves) == len(want_leaves) > 100
+  assert len(leaves) == len(want_leaves) == len(jax.tree.leaves(sh)) > 100
   for a, b, s in zip(leaves, want_leaves, jax.tree.leaves(sh)):
     assert a.sharding.is_equivalent_to(s, a.ndim)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

@@ -294,7 +294,8 @@ def init_state(create, rng, mesh, rules, state_sh):
   """A fresh (unboxed) train state `create(rng)`, made on the devices with its shardings."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init = jax.jit(lambda r: nn.meta.unbox(create(r)), out_shardings=state_sh)
-    options = INIT_COMPILER_OPTIONS.get(jax.default_backend())
+    # the mesh's platform: the same on every process, so every process compiles one program
+    options = INIT_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform)
     if not options:
       return init(rng)
     return init.lower(rng).compile(compiler_options=options)(rng)

@@ -2,7 +2,7 @@
 
 Why: the quickstart's class rows must show the requested class, and "looks recognisable" needs a
 number. This classifier is trained only on real procedural images and their labels (the train
-split generated on the fly, fixed seed, ~30 s of CPU time at 32 px, cached), checked on the
+split generated on the fly, fixed seed, 30-40 s on 2 CPU cores at 32 px, cached), checked on the
 held-out `test` split (which neither trainer reads), and then applied to generated samples and to
 stage-1 reconstructions: the fraction of samples it assigns to the class they were drawn for is the
 sample accuracy. Its held-out accuracy on real images is reported next to it; a sample accuracy
@@ -148,6 +148,8 @@ def predict(clf: Classifier, images, batch: int = 256):
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
     raise ValueError(f"images: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+  if images.shape[1] % 8 or images.shape[2] % 8:  # three 2x2 poolings (max_pool_2x2)
+    raise ValueError(f"images: height and width must be multiples of 8, got {images.shape[1:3]}")
   apply = _apply_fn(clf.config.width)
   shapes, colours = [], []
   for i in range(0, len(images), batch):

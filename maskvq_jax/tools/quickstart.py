@@ -18,7 +18,7 @@ download), a class-conditional Stackformer with a null class is trained on its t
   classifier/                     the shape / colour classifier that measures it (cached npz)
 
 Are the class rows the requested class? A small CNN trained only on real procedural images
-(maskvq_jax/evaluation/shape_classifier.py, ~20 s, cached in the workdir) names the shape and the
+(maskvq_jax/evaluation/shape_classifier.py, 30-40 s, cached in the workdir) names the shape and the
 colour of `SAMPLES_PER_CLASS` guided samples per class row; metrics.json gives its accuracy on
 them (joint class, shape, colour, and per class), on the stage-1 reconstructions (the upper bound
 for stage 2) and on held-out real images (its own accuracy: the other numbers mean something only

@@ -324,7 +324,9 @@ def write(root: str, out_dir: str) -> dict:
                           files.read_bytes(p))
   cmd_path = files.join(root, "commands.txt")
   commands = files.read_text(cmd_path).splitlines() if files.exists(cmd_path) else []
-  commands = [c.replace(root, "$ROOT").replace(pipeline.REPO + "/", "") for c in commands]
+  root_slash = root.rstrip("/") + "/"  # a URL root may come with a trailing "/"; joins drop it
+  commands = [c.replace(root_slash, "$ROOT/").replace(" " + root.rstrip("/"), " $ROOT")
+              .replace(pipeline.REPO + "/", "") for c in commands]
   total = sum(v["wall_s"] for v in timings.values())
   tiny = bool(run_meta.get("tiny"))
   keep = lambda r: {k: v for k, v in r.items() if k not in ("reports", "workdir")}

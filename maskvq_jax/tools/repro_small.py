@@ -27,9 +27,10 @@ Seeds are fixed (config.seed = 0, sampling seed 0). XLA compilations are cached 
 <ROOT>/xla_cache. The dataset is built from the installed font into <ROOT>/tfds; without the font
 the run stops at once with the install command.
 
-`--root` and `--report_dir` may be URLs (gs://bucket/...): every run, the dataset, the journal,
-the compilation cache and the report then live there, and the trainers and evaluations are given
-the same URLs (all paths go through `core/files.py`).
+`--root` and `--report_dir` may be URLs (gs://bucket/...): every run, the journal, the
+compilation cache and the report then live there, and the trainers and evaluations are given the
+same URLs (all paths go through `core/files.py`). The dataset stays on the local disk
+(`data_dir_for`: ArrayRecord files are written and read locally).
 """
 import argparse
 import datetime
@@ -145,13 +146,27 @@ def evaluate(journal: Journal, key: str, flags: list[str]):
   journal.timed(key, lambda: evaluate_cli.run(evaluate_cli.parse_args(flags)))
 
 
+def data_dir_for(root: str, environ=None) -> str:
+  """Where the emoji dataset is built: `<root>/tfds` for a local root. For a URL root a local
+  cache, `$MASKVQ_CACHE/tfds` when that is local, else `~/.cache/maskvq_jax/tfds`: the dataset is
+  ArrayRecord, which TFDS writes and grain reads through local files only."""
+  if not files.is_remote(root):
+    return files.join(root, "tfds")
+  cache = (os.environ if environ is None else environ).get("MASKVQ_CACHE", "")
+  if not cache or files.is_remote(cache):
+    cache = "~/.cache/maskvq_jax"
+  return files.join(files.absolute(cache), "tfds")
+
+
 def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> dict:
   from configs import repro_small  # pylint: disable=import-outside-toplevel
   from maskvq_jax.data import build  # pylint: disable=import-outside-toplevel
   from maskvq_jax.tools import repro_report  # pylint: disable=import-outside-toplevel
   root, report_dir = files.makedirs(root), files.absolute(report_dir)
   journal = Journal(root)
-  data_dir = files.join(root, "tfds")  # a URL root keeps its dataset in the bucket too
+  data_dir = data_dir_for(root)
+  if files.is_remote(root):
+    _log(f"dataset in {data_dir} (ArrayRecord needs a local disk; {root} holds everything else)")
   res = 16 if tiny else repro_small.RES
   extra = f",data_dir={data_dir}" + (",tiny" if tiny else "")
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -201,10 +216,16 @@ def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> 
   return repro_report.write(root, report_dir)
 
 
+def _strip_slash(location: str) -> str:
+  """`gs://b/rs/` -> `gs://b/rs` (local paths come back from abspath without one already)."""
+  return location.rstrip("/") if files.is_remote(location) else location
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.repro_small",
                               description=__doc__.split("\n\n")[0])
-  p.add_argument("--root", default="runs/repro_small", help="runs, dataset, logs (resumable)")
+  p.add_argument("--root", default="runs/repro_small",
+                 help="runs, logs, dataset (local roots only); resumable; may be a URL")
   p.add_argument("--report_dir", default=None,
                  help="default: docs/repro_small (full size) or <root>/report (--tiny)")
   p.add_argument("--tiny", action="store_true", help="16 px, a few steps: the test's size")
@@ -212,9 +233,10 @@ def main(argv=None) -> int:
                  help="take over the STALE workdir locks a killed earlier run left behind")
   args = p.parse_args(argv)
   try:
-    root = files.user_location(args.root, "--root")
+    # a URL's trailing "/" would survive here but not files.join (the report's $ROOT needs one form)
+    root = _strip_slash(files.user_location(args.root, "--root"))
     if args.report_dir:
-      report_dir = files.user_location(args.report_dir, "--report_dir")
+      report_dir = _strip_slash(files.user_location(args.report_dir, "--report_dir"))
     else:
       report_dir = files.join(root, "report") if args.tiny else files.join(REPO, "docs",
                                                                             "repro_small")
