@@ -116,7 +116,8 @@ def test_the_scan_finds_what_it_must(tmp_path):
 # ----- the helper ---------------------------------------------------------------------------------
 def test_names_keep_urls_and_make_local_paths_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert files.absolute("gs://b/run") == "gs://b/run"
+  assert files.absolute("gs://b/run") == files.absolute("gs://b/run/") == "gs://b/run"
+  assert files.absolute("gs://b/") == "gs://b"
   assert files.absolute("run") == str(tmp_path / "run")
   assert files.join("gs://b/run/", "checkpoints", "3") == "gs://b/run/checkpoints/3"
   assert files.join("run", "x") == os.path.join("run", "x")
@@ -130,6 +131,10 @@ def test_names_keep_urls_and_make_local_paths_absolute(tmp_path, monkeypatch):
   assert files.absolute("file:///tmp/run") == "/tmp/run"
   assert files.user_location("file://" + str(tmp_path / "w"), "--workdir") == str(tmp_path / "w")
   assert files.user_location("gs://b/run", "--workdir") == "gs://b/run"
+  assert files.user_location("gs://b/run//", "--workdir") == "gs://b/run"
+  (tmp_path / "doc.json").write_text('{"a": [1, 2]}')
+  assert files.read_json(tmp_path / "doc.json") == {"a": [1, 2]}
+  assert files.read_json(tmp_path / "none.json") is None
   with pytest.raises(ValueError, match=r"^config.resume='nofs://b/r': no filesystem for nofs://"):
     files.user_location("nofs://b/r", "config.resume")
   with pytest.raises(ValueError, match=r"^--workdir: empty path$"):

@@ -17,6 +17,7 @@ import contextlib
 import fnmatch
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -35,11 +36,15 @@ def is_remote(path: PathLike) -> bool:
 
 
 def absolute(path: PathLike) -> str:
-  """Local paths made absolute (`~` expanded; `file:///x` is the local `/x`); URLs unchanged."""
+  """Local paths made absolute (`~` expanded; `file:///x` is the local `/x`); URLs kept, less a
+  trailing `/` (`gs://b/run/` -> `gs://b/run`, as abspath does locally and `join` does anyway)."""
   path = os.fspath(path)
   if path.startswith("file://"):
     path = path[len("file://"):] or "/"
-  return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+  if is_remote(path):
+    scheme, rest = _split_url(path)
+    return scheme + rest.rstrip("/")
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def user_location(path: PathLike, what: str) -> str:
@@ -191,6 +196,11 @@ def read_bytes(path: PathLike) -> bytes:
 
 def read_text(path: PathLike) -> str:
   return _p(path).read_text()
+
+
+def read_json(path: PathLike):
+  """The JSON document at `path`, or None when there is no such file."""
+  return json.loads(read_text(path)) if exists(path) else None
 
 
 def write_bytes(path: PathLike, data: bytes) -> str:

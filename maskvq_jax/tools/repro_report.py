@@ -77,7 +77,7 @@ def _table(rows: list[dict], columns, first: str) -> str:
 
 
 def collect(root: str) -> dict:
-  timings = _read_json(files.join(root, "timings.json")) or {}
+  timings = files.read_json(files.join(root, "timings.json")) or {}
   out = {"stage1": [], "stage2": []}
   for stage, runs in (("stage1", [(n, None) for n, _ in pipeline.STAGE1]),
                       ("stage2", [(n, t) for n, t, _ in pipeline.STAGE2])):
@@ -97,10 +97,6 @@ def collect(root: str) -> dict:
     if r.get("tokens_per_image"):
       r["fraction_of_finest_grid"] = r["tokens_per_image"] / grid
   return out
-
-
-def _read_json(path):
-  return json.loads(files.read_text(path)) if files.exists(path) else None
 
 
 def run_config(workdir: str):
@@ -308,8 +304,8 @@ def write(root: str, out_dir: str) -> dict:
   root, out_dir = files.absolute(root), files.absolute(out_dir)
   files.makedirs(files.join(out_dir, "reports"))
   rows = collect(root)
-  run_meta = _read_json(files.join(root, "run.json")) or {}
-  timings = _read_json(files.join(root, "timings.json")) or {}
+  run_meta = files.read_json(files.join(root, "run.json")) or {}
+  timings = files.read_json(files.join(root, "timings.json")) or {}
   mach = machine()
   pics = {"plot": plot(rows["stage1"], files.join(out_dir, "metrics_vs_keep.png"))}
   rec = reconstruction_grid(rows["stage1"], files.join(out_dir, "reconstructions.png"))
@@ -324,9 +320,7 @@ def write(root: str, out_dir: str) -> dict:
                           files.read_bytes(p))
   cmd_path = files.join(root, "commands.txt")
   commands = files.read_text(cmd_path).splitlines() if files.exists(cmd_path) else []
-  root_slash = root.rstrip("/") + "/"  # a URL root may come with a trailing "/"; joins drop it
-  commands = [c.replace(root_slash, "$ROOT/").replace(" " + root.rstrip("/"), " $ROOT")
-              .replace(pipeline.REPO + "/", "") for c in commands]
+  commands = [c.replace(root, "$ROOT").replace(pipeline.REPO + "/", "") for c in commands]
   total = sum(v["wall_s"] for v in timings.values())
   tiny = bool(run_meta.get("tiny"))
   keep = lambda r: {k: v for k, v in r.items() if k not in ("reports", "workdir")}
@@ -340,7 +334,7 @@ def write(root: str, out_dir: str) -> dict:
   tok = lambda name, d=0: int(s1.get(name, {}).get("tokens_per_image") or d)
   side = lambda n: f"{int(round(n ** 0.5))} x {int(round(n ** 0.5))}"
   s2_tok = [int(r.get("tokens_per_image") or tok(r["tokenizer_run"])) for r in rows["stage2"]]
-  samplers = [((_read_json(p) or {}).get("settings") or {}) for r in rows["stage2"]
+  samplers = [((files.read_json(p) or {}).get("settings") or {}) for r in rows["stage2"]
               for p in r.get("reports", [])[-1:]]
   top = next((s for s in samplers if s.get("top_k") is not None), {})
   md = ["# Small-scale reproduction: MQ-VAE + Stackformer on emoji" + (" (TINY test size)"
@@ -390,7 +384,7 @@ def write(root: str, out_dir: str) -> dict:
          f"{mach['python']}, jax {mach['jax']}, devices {', '.join(mach['devices'])}.", "",
          "| step | wall s | runs |", "|:---|---:|---:|"]
   md += [f"| {k} | {v['wall_s']:.0f} | {v['runs']} |" for k, v in timings.items()]
-  est = _read_json(files.join(out_dir, "step_times.json"))
+  est = files.read_json(files.join(out_dir, "step_times.json"))
   if est and not tiny:
     md += ["", "Estimate made before the run from measured step times "
            "(`benchmarks/bench_repro_small.py`, `step_times.json`): training "

@@ -68,10 +68,6 @@ def _log(msg):
   print(f"[repro_small] {msg}", file=sys.stderr, flush=True)
 
 
-def _read_json(path: str):
-  return json.loads(files.read_text(path)) if files.exists(path) else None
-
-
 class Journal:
   """commands.txt (every command, in order, once) and timings.json (wall s per step, summed).
 
@@ -82,7 +78,7 @@ class Journal:
     self.root = root
     self.cmd_path = files.join(root, "commands.txt")
     self.time_path = files.join(root, "timings.json")
-    self.timings = _read_json(self.time_path) or {}
+    self.timings = files.read_json(self.time_path) or {}
 
   def command(self, argv: list[str]):
     line = " ".join(shlex.quote(a) for a in argv)
@@ -111,7 +107,7 @@ def _latest_step(workdir: str):
 
 
 def _report_is_current(workdir: str) -> bool:
-  rep = _read_json(files.join(workdir, "evaluation", "report.json"))
+  rep = files.read_json(files.join(workdir, "evaluation", "report.json"))
   if rep is None:
     return False
   return (rep.get("target") or {}).get("step") == _latest_step(workdir)
@@ -171,7 +167,7 @@ def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> 
   extra = f",data_dir={data_dir}" + (",tiny" if tiny else "")
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   meta_path = files.join(root, "run.json")
-  meta = _read_json(meta_path) or {"started": started}
+  meta = files.read_json(meta_path) or {"started": started}
   meta.update(tiny=tiny, last_started=started, load_average_at_start=list(os.getloadavg()))
   files.write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
@@ -216,11 +212,6 @@ def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> 
   return repro_report.write(root, report_dir)
 
 
-def _strip_slash(location: str) -> str:
-  """`gs://b/rs/` -> `gs://b/rs` (local paths come back from abspath without one already)."""
-  return location.rstrip("/") if files.is_remote(location) else location
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m maskvq_jax.tools.repro_small",
                               description=__doc__.split("\n\n")[0])
@@ -233,10 +224,9 @@ def main(argv=None) -> int:
                  help="take over the STALE workdir locks a killed earlier run left behind")
   args = p.parse_args(argv)
   try:
-    # a URL's trailing "/" would survive here but not files.join (the report's $ROOT needs one form)
-    root = _strip_slash(files.user_location(args.root, "--root"))
+    root = files.user_location(args.root, "--root")
     if args.report_dir:
-      report_dir = _strip_slash(files.user_location(args.report_dir, "--report_dir"))
+      report_dir = files.user_location(args.report_dir, "--report_dir")
     else:
       report_dir = files.join(root, "report") if args.tiny else files.join(REPO, "docs",
                                                                             "repro_small")
