@@ -92,6 +92,16 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
   assert fetch_weights.cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
 
 
+def test_cache_dir_passes_over_a_url_cache(tmp_path, monkeypatch):
+  """A bucket $MASKVQ_CACHE (fine for the compilation cache) is not a local folder `gs:/b/c`
+  under the working directory: the weights go to the local default instead."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("MASKVQ_CACHE", "gs://b/c")
+  assert fetch_weights.cache_dir() == tmp_path / "home" / ".cache" / "maskvq_jax"
+  assert not (tmp_path / "gs:").exists()
+
+
 def test_wrong_input_size_is_rejected():
   with pytest.raises(ValueError, match=r"\(1, 64, 64, 3\)"):
     inception.FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))

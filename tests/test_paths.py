@@ -141,6 +141,21 @@ def test_names_keep_urls_and_make_local_paths_absolute(tmp_path, monkeypatch):
     files.user_location("", "--workdir")
 
 
+def test_cache_root_is_the_one_rule(tmp_path, monkeypatch):
+  """$MASKVQ_CACHE (local or a URL), else ~/.cache/maskvq_jax; local=True passes over a URL."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  default = str(tmp_path / "home" / ".cache" / "maskvq_jax")
+  assert files.cache_root({}) == files.cache_root({"MASKVQ_CACHE": ""}) == default
+  assert files.cache_root({"MASKVQ_CACHE": "c/"}) == str(tmp_path / "c")
+  assert files.cache_root({"MASKVQ_CACHE": "gs://b/c/"}) == "gs://b/c"
+  assert files.cache_root({"MASKVQ_CACHE": "gs://b/c"}, local=True) == default
+  assert files.cache_root({"MASKVQ_CACHE": "/data/c"}, local=True) == "/data/c"
+  monkeypatch.setenv("MASKVQ_CACHE", "gs://b/env")
+  assert files.cache_root() == "gs://b/env"
+  assert not (tmp_path / "home").exists()  # named, not created
+
+
 @pytest.mark.parametrize("remote", [False, True])
 def test_io_on_local_and_fake_remote(tmp_path, monkeypatch, remote):
   cwd = tmp_path / "cwd"

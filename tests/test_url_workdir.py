@@ -116,3 +116,23 @@ def test_every_artefact_lands_under_the_url_workdir(tmp_path, monkeypatch):
   assert any(g.endswith(".png") for g in got if g.startswith("stage1/images/"))
   assert any(g.endswith(".png") for g in got if g.startswith("stage2/images/"))
   assert os.listdir(bucket) == ["bkt"]
+
+
+def test_statistics_cache_follows_a_url_maskvq_cache(tmp_path, monkeypatch):
+  """$MASKVQ_CACHE = a bucket: the FID statistics (no --stats_cache) are cached in that bucket,
+  not in a local folder `fake:/...` under the working directory (`files.cache_root`)."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  monkeypatch.setenv("MASKVQ_CACHE", "fake://bkt/cache")
+  spec = eval_data.DatasetSpec(name="shapes/16", split="validation", source="procedural",
+                               res=16, num_examples=4, data_dir="", folder="", data_seed=0)
+  pool3 = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+  with fake_remote.mounted(str(tmp_path / "bucket")):
+    stats = reference.store(spec, pool3)
+    assert stats.startswith("fake://bkt/cache/fid_stats/")
+    assert reference.cache_paths(spec)[0] == stats
+  assert _tree(cwd) == []
+  assert _tree(tmp_path / "bucket" / "bkt" / "cache" / "fid_stats") == [
+      stats[len("fake://bkt/cache/fid_stats/"):],
+      stats[len("fake://bkt/cache/fid_stats/"):-len(".npz")] + ".pool3.npy"]

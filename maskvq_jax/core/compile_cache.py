@@ -21,6 +21,8 @@ from typing import Optional
 from absl import logging
 import jax
 
+from maskvq_jax.core import files
+
 
 def cache_dir(value: str, environ=None) -> Optional[str]:
   """`config.compile_cache_dir` -> the directory to use, or None for off."""
@@ -28,9 +30,7 @@ def cache_dir(value: str, environ=None) -> Optional[str]:
   if not value:
     return None
   if value == "auto":
-    root = environ.get("MASKVQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                       "maskvq_jax")
-    return root.rstrip("/") + "/xla"
+    return files.join(files.cache_root(environ), "xla")
   return value if "://" in value else os.path.expanduser(value)
 
 

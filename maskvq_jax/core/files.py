@@ -47,6 +47,26 @@ def absolute(path: PathLike) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+CACHE_ENV = "MASKVQ_CACHE"
+DEFAULT_CACHE = "~/.cache/maskvq_jax"
+
+
+def cache_root(environ=None, *, local: bool = False) -> str:
+  """The project's cache directory (absolute, not created): `$MASKVQ_CACHE`, else
+  `~/.cache/maskvq_jax`. The one place of that rule for every cache (compilation cache, weights,
+  reference statistics, datasets).
+
+  `$MASKVQ_CACHE` may be a URL (a bucket shared by the hosts of a pod). local=True is for files
+  only local code can use (pip-downloaded weights, ArrayRecord datasets): a URL there is passed
+  over for the local default.
+  """
+  environ = os.environ if environ is None else environ
+  root = environ.get(CACHE_ENV, "")
+  if not root or (local and is_remote(root)):
+    root = DEFAULT_CACHE
+  return absolute(root)
+
+
 def user_location(path: PathLike, what: str) -> str:
   """A user-given location checked and made absolute (`absolute`), before anything is written.
 

