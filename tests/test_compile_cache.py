@@ -50,6 +50,23 @@ def test_auto_keeps_a_directory_given_to_jax(restore_jax_cache_config, tmp_path)
   assert compile_cache.enable("auto", platform="cpu", process_count=1) == str(tmp_path / "mine")
 
 
+def test_unwritable_directory_turns_the_cache_off_with_a_warning(restore_jax_cache_config,
+                                                                tmp_path, caplog):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  jax.config.update("jax_compilation_cache_dir", None)
+  with caplog.at_level("WARNING"):
+    assert compile_cache.enable(str(blocker / "xla"), platform="cpu", process_count=1) is None
+  assert not jax.config.jax_compilation_cache_dir
+  notes = [r.getMessage() for r in caplog.records if "compilation cache off" in r.getMessage()]
+  assert len(notes) == 1 and str(blocker / "xla") in notes[0], notes
+  # a writable one is created and used
+  assert compile_cache.enable(str(tmp_path / "new" / "xla"), platform="cpu",
+                              process_count=1) == str(tmp_path / "new" / "xla")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "new" / "xla")
+  assert os.listdir(tmp_path / "new" / "xla") == []  # the write probe is gone
+
+
 def test_entries_are_written_then_read_by_a_new_process(tmp_path):
   """In fresh processes (JAX initialises its cache once per process, at the first compile)."""
   path = str(tmp_path / "xla")

@@ -94,6 +94,12 @@ def test_resume_guard_lets_them_change():
   current = {"model": {"d_model": 32, "scan_layers": True, "remat_policy": "full",
                        "attention_impl": "cudnn"}}
   assert resume_guard.differences(stored, current, resume_guard.STATE_FIELDS) == []
+  # the batch in more or fewer micro-batches: the same update, free on resume (other optim keys not)
+  check = resume_guard.checker(tiny("/unused", **{"optim.grad_accum_steps": 4}))
+  meta = {"config": {"optim": dict(tiny("/unused").optim.to_dict(), grad_accum_steps=1)}}
+  assert check(meta, True) == []
+  meta["config"]["optim"]["b2"] = 0.99
+  assert check(meta, True) == ["optim.b2: checkpoint 0.99 vs config 0.95"]
   current["model"]["d_model"] = 64
   assert resume_guard.differences(stored, current, resume_guard.STATE_FIELDS) == [
       "model.d_model: checkpoint 32 vs config 64"]

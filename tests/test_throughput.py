@@ -57,7 +57,60 @@ def test_conv_flops():
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
   f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  assert throughput.jaxpr_flops(jax.make_jaxpr(f)(x, w)) == 2 * (2 * 8 * 8 * 6) * (3 * 3 * 4)
+  # per spatial dimension 8 outputs x 3 taps, less the 2 taps that fall on the padding: 22
+  assert throughput.jaxpr_flops(jax.make_jaxpr(f)(x, w)) == 2 * (2 * 6) * 4 * 22 * 22
+
+
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (2, "VALID"), (2, ((1, 1), (1, 1)))])
+def test_conv_flops_forward_and_gradients_match_xla(stride, padding):
+  """Strided and padded convolutions and their input / kernel gradients (input-dilated and
+  kernel-dilated convolutions): only the taps that meet real input count, as in XLA's analysis."""
+  x, w = jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 16))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for f in (conv, jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=0),
+            jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=1)):
+    traced = jax.jit(f).trace(x, w)
+    convs = [e for e in throughput.live(traced.jaxpr).eqns
+             if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 1
+    xla = throughput.compiled_flops(traced.lower().compile())
+    assert throughput.jaxpr_flops(throughput.live(traced.jaxpr)) == pytest.approx(xla, rel=0.02)
+
+
+def test_step_flops_do_not_depend_on_scan_or_accumulation():
+  """The same work unrolled, scanned, or in accumulated micro-batches: the same FLOPs per step
+  (XLA's own count differs: loop bodies once, elementwise work added)."""
+  layers, m, d = 4, 16, 32
+  block = lambda x, w: jnp.tanh(x @ w) * 2.0 + 1.0
+
+  def unrolled(x, ws):
+    for i in range(layers):
+      x = block(x, ws[i])
+    return x
+
+  scanned = lambda x, ws: jax.lax.scan(lambda h, w: (block(h, w), None), x, ws)[0]
+  accumulated = lambda x, ws: jax.lax.map(lambda xm: unrolled(xm, ws), x.reshape(4, m // 4, d)
+                                          ).reshape(m, d)
+  x, ws = jnp.ones((m, d)), jnp.ones((layers, d, d)) * 0.01
+  want = layers * 2 * m * d * d
+  for f in (unrolled, scanned, accumulated):
+    step = throughput.CountedStep(jax.jit(f))
+    np.testing.assert_allclose(np.asarray(step(x, ws)), np.asarray(unrolled(x, ws)), rtol=1e-5)
+    assert step.flops_per_device == want, f.__name__
+
+
+def test_dead_code_is_not_counted():
+  """A traced step holds values nothing uses (XLA drops them); they are not FLOPs of the step."""
+  m, k, n = 32, 64, 16
+  def f(a, b):
+    unused = (a @ b) @ b.T  # pylint: disable=unused-variable
+    return a @ b
+  step = throughput.CountedStep(jax.jit(f))
+  step(jnp.ones((m, k)), jnp.ones((k, n)))
+  assert throughput.jaxpr_flops(jax.jit(f).trace(jnp.ones((m, k)), jnp.ones((k, n))).jaxpr) > \
+      2 * m * k * n  # the trace itself holds the unused products
+  assert step.flops_per_device == 2 * m * k * n
 
 
 def test_jaxpr_flops_of_grad_counts_forward_and_backward():

@@ -6,6 +6,10 @@
   ""                off
   anything else     that directory (local, or a URL such as gs://bucket/xla shared by all hosts)
 
+A local directory that cannot be created or written (a read-only mount, a path through a file)
+turns the cache off with one logged warning naming it; the run goes on compiling as without a
+cache (JAX itself would only warn about an unreadable entry once and never store anything).
+
 Restarted and requeued runs then load their train / eval steps instead of compiling them again.
 JAX writes entries from process 0 only and keys them by HLO, devices, flags and versions.
 
@@ -16,6 +20,7 @@ gloo's fixed 30 s context set-up then fails (seen in that test). Accelerator run
 (their collectives wait), and single-process CPU runs are safe.
 """
 import os
+import tempfile
 from typing import Optional
 
 from absl import logging
@@ -53,6 +58,24 @@ def enable(value: str, *, platform: Optional[str] = None,
   path = cache_dir(value)
   if path is None:
     return None
+  problem = None if "://" in path else _unwritable(path)
+  if problem:
+    logging.warning("persistent compilation cache off: cannot write to %s (%s); set "
+                    "--config.compile_cache_dir to a writable directory, or '' for none",
+                    path, problem)
+    return None
   jax.config.update("jax_compilation_cache_dir", path)
   logging.info("persistent compilation cache: %s", path)
   return path
+
+
+def _unwritable(path: str) -> Optional[str]:
+  """Why the local directory `path` cannot hold cache entries (created if missing), or None."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test_")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    return f"{type(e).__name__}: {e.strerror or e}"
+  return None

@@ -21,7 +21,10 @@ follows the new global batch by the authors' rule base_lr x batch), paths (`inpu
 an older code version) is not compared. Also free, although under `model.*`: the EXECUTION_FIELDS,
 which change how the same weights are computed, not the weights: `model.remat_policy`,
 `model.attention_impl` and `model.scan_layers` (the stage-2 trainer restores a checkpoint stored in
-the other layer layout and converts it with `transformer.relayout_tree`).
+the other layer layout and converts it with `transformer.relayout_tree`); and, although under
+`optim.*`, `optim.grad_accum_steps`, which splits the same global batch into micro-batches (stage
+2: the same update; stage 1: BatchNorm and EMA-codebook statistics move once per micro-batch), so a
+run resumed on smaller devices may accumulate more.
 """
 import json
 from typing import Any, Callable, Optional
@@ -29,7 +32,7 @@ from typing import Any, Callable, Optional
 STATE_FIELDS = ("trainer", "model", "disc", "text_encoder")
 RUN_FIELDS = ("optim", "loss", "seed", "param_ema", "ema_updates_per_step")
 EXECUTION_FIELDS = ("model.scan_layers", "model.remat_policy", "model.attention_impl",
-                    "model.remat")
+                    "model.remat", "optim.grad_accum_steps")
 
 
 def _norm(v: Any) -> Any:

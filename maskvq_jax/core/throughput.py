@@ -10,11 +10,15 @@ ahead of time (once: that executable is the one every later call runs) and reads
   perf/flops_per_step      global FLOPs of one step
   perf/mfu                 FLOPs/s per device / the device's peak dense bf16 FLOP/s
 
-FLOPs: XLA's cost analysis of the compiled (per-device, SPMD-partitioned) executable. It counts a
-while-loop body once whatever the trip count, so scanned layers (`nn.scan`) would read as one
-layer; the matmul and convolution FLOPs of the step's jaxpr, with scan bodies multiplied by their
-length, are counted too, and the larger of the two (per device) is used. Fused kernels that XLA
-sees as custom calls (cuDNN / Pallas attention) count as zero in the compiled figure.
+FLOPs: the matmul and convolution FLOPs of the step's jaxpr, after dead-code elimination (what
+the compiled program computes: the trace also holds values nothing uses, which XLA drops; the
+stage-1 GAN step's trace held 2.6x the FLOPs it runs), with scan bodies multiplied by their length
+and convolutions counting only the kernel taps that meet the (unpadded, undilated) input, as XLA
+does. That figure is the same whether the layers are scanned or unrolled and with or without
+gradient accumulation; XLA's cost analysis of the compiled executable is not (it counts a
+while-loop body once whatever the trip count, and adds elementwise work), so it is only the
+fallback when the jaxpr gives nothing. Remat's recomputed forward passes are counted (they run).
+Fused kernels that the jaxpr holds as opaque calls (cuDNN / Pallas attention) count as zero.
 
 Peak FLOP/s: dense bf16 per device, from the vendors' data sheets (`PEAK_BF16_FLOPS`). A device
 kind missing from the table (CPU, an unknown accelerator) gets no `perf/mfu`: it is omitted, not
@@ -26,6 +30,7 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
+from jax.interpreters import partial_eval as pe
 
 # (substring of the lower-cased `device_kind`, dense bf16 FLOP/s per device); first match wins.
 PEAK_BF16_FLOPS = (
@@ -69,14 +74,34 @@ def _dot_flops(eqn) -> float:
   return 2.0 * math.prod(lhs) * math.prod(rhs_free)
 
 
+def _valid_taps(size: int, kernel: int, out: int, stride: int, pad_lo: int, lhs_dil: int,
+                rhs_dil: int) -> int:
+  """(output position, kernel tap) pairs of one spatial dimension that read a real input element
+  (not padding, not a zero inserted by input dilation)."""
+  span = (size - 1) * lhs_dil
+  count = 0
+  for k in range(kernel):
+    first = k * rhs_dil - pad_lo  # input position (dilated coordinates) of output 0, tap k
+    for o in range(out):
+      q = first + o * stride
+      if 0 <= q <= span and q % lhs_dil == 0:
+        count += 1
+  return count
+
+
 def _conv_flops(eqn) -> float:
-  dn = eqn.params["dimension_numbers"]
-  rhs = eqn.invars[1].aval.shape
+  """2 x (out batch x out features) x in-features per group x the valid taps over all outputs."""
+  p, dn = eqn.params, eqn.params["dimension_numbers"]
+  lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
   out = eqn.outvars[0].aval.shape
-  # kernel: in-features per group x spatial taps; each output element costs that many MACs
-  spec = dn.rhs_spec  # (out_feature_dim, in_feature_dim, *spatial)
-  taps = math.prod(rhs[d] for d in spec[2:]) * rhs[spec[1]]
-  return 2.0 * math.prod(out) * taps
+  n = len(dn.lhs_spec) - 2
+  lhs_dil = p.get("lhs_dilation") or (1,) * n
+  rhs_dil = p.get("rhs_dilation") or (1,) * n
+  taps = 1
+  for i in range(n):
+    taps *= _valid_taps(lhs[dn.lhs_spec[2 + i]], rhs[dn.rhs_spec[2 + i]], out[dn.out_spec[2 + i]],
+                        p["window_strides"][i], p["padding"][i][0], lhs_dil[i], rhs_dil[i])
+  return 2.0 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * taps
 
 
 def _subjaxprs(value):
@@ -86,8 +111,17 @@ def _subjaxprs(value):
       yield inner
 
 
+def live(jaxpr):
+  """`jaxpr` (a Jaxpr or ClosedJaxpr) without the equations no output depends on."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  return pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+
+
 def jaxpr_flops(jaxpr) -> float:
-  """Matmul + convolution FLOPs of a (Closed)Jaxpr: scan bodies x length, cond: largest branch."""
+  """Matmul + convolution FLOPs of a (Closed)Jaxpr: scan bodies x length, cond: largest branch.
+
+  Every equation counts: pass `live(jaxpr)` for what a compiled program of it computes.
+  """
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
@@ -142,18 +176,15 @@ def _num_devices(compiled) -> int:
 
 
 def _flops_per_device(compiled, jaxpr) -> Optional[float]:
-  xla = compiled_flops(compiled)
+  """The live jaxpr's matmul + convolution FLOPs per device; XLA's count where that gives none."""
   try:
-    traced = jaxpr_flops(jaxpr) / _num_devices(compiled)
-  except Exception as e:  # pylint: disable=broad-except  # an unusual primitive: keep XLA's figure
+    traced = jaxpr_flops(live(jaxpr)) / _num_devices(compiled)
+  except Exception as e:  # pylint: disable=broad-except  # an unusual primitive: XLA's figure
     logging.warning("could not count the step's FLOPs from its jaxpr: %s", e)
     traced = 0.0
-  if xla is None and not traced:
-    return None
-  if xla is not None and traced > 1.05 * xla:
-    logging.info("FLOPs: XLA counts %.3g per device, the jaxpr %.3g (loops counted once by XLA); "
-                 "using the jaxpr's", xla, traced)
-  return max(xla or 0.0, traced)
+  if traced:
+    return traced
+  return compiled_flops(compiled)
 
 
 # ------------------------------------------------------------------ rates
