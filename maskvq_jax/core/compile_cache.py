@@ -20,7 +20,6 @@ gloo's fixed 30 s context set-up then fails (seen in that test). Accelerator run
 (their collectives wait), and single-process CPU runs are safe.
 """
 import os
-import tempfile
 from typing import Optional
 
 from absl import logging
@@ -71,11 +70,11 @@ def enable(value: str, *, platform: Optional[str] = None,
 
 def _unwritable(path: str) -> Optional[str]:
   """Why the local directory `path` cannot hold cache entries (created if missing), or None."""
+  probe = files.join(path, f".write_test_{os.getpid()}")
   try:
-    os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test_")
-    os.close(fd)
-    os.remove(probe)
+    files.makedirs(path)
+    files.write_bytes(probe, b"")
+    files.remove(probe)
   except OSError as e:
     return f"{type(e).__name__}: {e.strerror or e}"
   return None
