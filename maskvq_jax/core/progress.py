@@ -11,11 +11,14 @@ a log file (not a TTY) a line is appended at most every `every_s` seconds and at
 
 `StepLine` (both trainers, through core/writers.Writer): one line on stdout per log interval,
 
-  step 120/600 | l1 0.0712 | lpips 0.301 | 3.42 steps/s | ETA 0:02:21
+  step 120/600 | l1 0.0712 | 27.4 img/s, 3.42 /device | MFU 31.5% | 3.42 steps/s | ETA 0:02:21
 
 steps/s over the last interval, without the first step's compilation and without the time spent
-in evaluation or sampling (`exclude`); the ETA is the remaining steps at that rate. Process 0 only
-unless `enabled` says otherwise.
+in evaluation or sampling (`exclude`); the ETA is the remaining steps at that rate (checkpoint
+writes included: it is a wall-clock forecast). The throughput part is the trainers' meter
+(`core/throughput.Meter`, the same figures as TensorBoard's `throughput/*` and `perf/mfu`, which
+leave checkpoint writes out too): images/s in stage 1, tokens/s in stage 2, global and per device,
+and MFU where the device's peak is known. Process 0 only unless `enabled` says otherwise.
 """
 import datetime
 import sys
@@ -76,6 +79,20 @@ class Progress:
     return time.perf_counter() - self.start
 
 
+def throughput_parts(rates: dict) -> list:
+  """The console's throughput fields from a meter's values: tokens/s when the run counts tokens
+  (stage 2), else images/s, each global and per device; then MFU when known."""
+  out = []
+  for unit, name in (("tok/s", "tokens_per_s"), ("img/s", "images_per_s")):
+    if f"throughput/{name}" in rates:
+      out.append(f"{rates[f'throughput/{name}']:.3g} {unit}, "
+                 f"{rates[f'throughput/{name}_per_device']:.3g} /device")
+      break
+  if "perf/mfu" in rates:
+    out.append(f"MFU {100 * rates['perf/mfu']:.1f}%")
+  return out
+
+
 class StepLine:
   """One console line per training log interval: step/total, chosen metrics, steps/s, ETA."""
 
@@ -106,20 +123,24 @@ class StepLine:
     steps, secs = step - self._mark[0], self.clock() - self._mark[1] - self._excluded
     return steps / secs if steps > 0 and secs > 0 else None
 
-  def line(self, step: int, metrics: dict, keys: Sequence[str] = ()) -> str:
+  def line(self, step: int, metrics: dict, keys: Sequence[str] = (),
+           rates: Optional[dict] = None) -> str:
     parts = [f"step {step}/{self.total}"]
     for k in keys:
       if k in metrics:
         name = k[len("loss/"):] if k.startswith("loss/") else k
         parts.append(f"{name} {float(metrics[k]):.4g}")
+    parts += throughput_parts(rates or {})
     r = self.rate(step)
     parts.append(f"{r:.3g} steps/s" if r else "-- steps/s")
     parts.append(f"ETA {hms((self.total - step) / r)}" if r else "ETA --")
     return " | ".join(parts)
 
-  def __call__(self, step: int, metrics: dict, keys: Sequence[str] = ()) -> Optional[str]:
-    """Prints (process 0) and returns the line; the next interval starts now."""
-    text = self.line(step, metrics, keys)
+  def __call__(self, step: int, metrics: dict, keys: Sequence[str] = (),
+               rates: Optional[dict] = None) -> Optional[str]:
+    """Prints (process 0) and returns the line; the next interval starts now. `rates`: the
+    meter's `throughput/*` / `perf/*` values of this interval (none: no throughput part)."""
+    text = self.line(step, metrics, keys, rates)
     if self._mark is not None:
       self._mark, self._excluded = (step, self.clock()), 0.0
     if not self.enabled:

@@ -110,9 +110,7 @@ def run(*, config, state, first: int, total: int, step_fn, step_args: Sequence, 
           if extra_metrics is not None:
             last_metrics.update(extra_metrics())
           last_rates = meter(step)  # throughput/*, perf/* (wall-clock: not under train/)
-          writer.train_scalars(step, last_metrics, console=tuple(console))
-          if last_rates:
-            writer.scalars(step, last_rates)
+          writer.train_scalars(step, last_metrics, console=tuple(console), rates=last_rates)
         if save_now:
           ckpt.save(step, state, meta=meta(step),
                     data_state=checkpointing.gather_process_states(data.get_state()),

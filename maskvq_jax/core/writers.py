@@ -9,7 +9,7 @@ process must call `parameter_overview` (its statistics are one sharded reduction
 import contextlib
 import dataclasses
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -59,10 +59,14 @@ class Writer:
   def scalars(self, step: int, values: dict):
     self.w.write_scalars(step, {k: float(v) for k, v in values.items()})
 
-  def train_scalars(self, step: int, metrics: dict, console: Sequence[str] = ()):
-    """`train/<k>` scalars, and the console line with the metrics named in `console`."""
+  def train_scalars(self, step: int, metrics: dict, console: Sequence[str] = (),
+                    rates: Optional[dict] = None):
+    """`train/<k>` scalars, the meter's `rates` (throughput/*, perf/*) as they are, and the
+    console line with the metrics named in `console` and the throughput."""
     self.scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-    self.console(step, metrics, console)
+    if rates:
+      self.scalars(step, rates)
+    self.console(step, metrics, console, rates)
 
   def hparams(self, values: dict):
     self.w.write_hparams(values)
