@@ -128,6 +128,27 @@ def test_user_error_is_one_line_exit_2_nothing_written(tmp_path, module, argv, f
   assert not (tmp_path / "out").exists()
 
 
+# Found by a trainer's validate_config, after the devices started and the workdir was locked (the
+# log lines come first): still one error line, exit 2, and the workdir the lock created is gone.
+TRAINER_CASES = [
+    ("--config configs/quickstart.py:tiny --config.optim.grad_accum_steps=0",
+     "error: optim.grad_accum_steps=0 must be >= 1"),
+    ("--config configs/quickstart.py:tiny --config.input.device_prefetch=-1",
+     "error: input.device_prefetch=-1 must be an int >= 0 (0: no prefetch)"),
+]
+
+
+@pytest.mark.parametrize("argv,last_line", TRAINER_CASES)
+def test_trainer_config_error_leaves_no_workdir(tmp_path, argv, last_line):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-m", "maskvq_jax.main", *argv.split(), "--workdir",
+                         str(tmp_path / "out" / "run")], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.stderr.strip().splitlines()[-1] == last_line, proc.stderr[-3000:]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert not (tmp_path / "out").exists()  # both levels it created
+
+
 # ----- the mechanism itself ----------------------------------------------------------------------
 def test_internal_bugs_keep_their_traceback(capsys):
   @cli.entry_point

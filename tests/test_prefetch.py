@@ -85,3 +85,15 @@ def test_bench_input_prints_one_json_line(capsys):
   assert (out["batch_size"], out["res"], out["device_prefetch"]) == (8, 16, 1)
   with pytest.raises(SystemExit, match="unknown field"):
     mod.main(["--set", "input.batchsize=8"])
+
+
+@pytest.mark.parametrize("bad", [-1, -3])
+def test_bad_device_prefetch_is_refused_before_compiling(bad):
+  from maskvq_jax.stage1 import trainer  # pylint: disable=g-import-not-at-top
+  c = tiny("steps=2")
+  with c.unlocked():
+    c.input.device_prefetch = bad
+  with pytest.raises(ValueError, match=rf"^input.device_prefetch={bad!r} must be an int >= 0"):
+    trainer.validate_config(c, jax.device_count())
+  c.input.device_prefetch = 0
+  trainer.validate_config(c, jax.device_count())

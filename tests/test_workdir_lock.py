@@ -50,7 +50,14 @@ def test_acquire_writes_owner_and_release_removes_it(tmp_path):
   assert (info["host"], info["pid"], info["token"]) == (HOST, os.getpid(), lock.token)
   assert abs(info["start_time"] - time.time()) < 60 and info["heartbeat"] >= info["start_time"]
   lock.release()
-  assert os.listdir(tmp_path / "wd") == []  # no lock, no temporary files
+  assert not (tmp_path / "wd").exists()  # no lock, no temporary files, not the folder it made
+  (tmp_path / "a").mkdir()  # an existing folder stays, folders the lock made for nothing do not
+  workdir_lock.WorkdirLock(str(tmp_path / "a" / "b" / "wd")).acquire().release()
+  assert os.listdir(tmp_path / "a") == []
+  lock = workdir_lock.WorkdirLock(str(tmp_path / "a" / "c")).acquire()
+  (tmp_path / "a" / "c" / "ckpt").write_text("x")  # the run wrote something: all kept
+  lock.release()
+  assert os.listdir(tmp_path / "a" / "c") == ["ckpt"]
 
 
 def test_second_trainer_is_refused_at_once_naming_host_and_pid(tmp_path):
@@ -66,7 +73,7 @@ def test_second_trainer_is_refused_at_once_naming_host_and_pid(tmp_path):
     with pytest.raises(workdir_lock.WorkdirLockError, match="is in use by"):
       trainer.train(tiny("steps=2", takeover_lock=True), wd)
     assert sorted(os.listdir(wd)) == ["workdir.lock"]  # nothing else written
-  assert os.listdir(wd) == []
+  assert not os.path.exists(wd)  # the lock made it, nothing was written into it
 
 
 def test_second_trainer_cli_one_error_line_exit_2(tmp_path):

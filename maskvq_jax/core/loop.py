@@ -117,6 +117,14 @@ def check_grad_accum(config, data_parallel: int):
                      f"micro-batches, each a multiple of the data-parallel size {data_parallel}")
 
 
+def check_device_prefetch(config):
+  """ValueError unless `input.device_prefetch` (global batches put on the devices ahead of the
+  step; 0: none) is an int >= 0."""
+  n = config.input.get("device_prefetch", 2)
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f"input.device_prefetch={n!r} must be an int >= 0 (0: no prefetch)")
+
+
 def microbatches(tree, n: int):
   """[B, ...] leaves -> [n, B/n, ...]; micro-batch i holds examples i, i + n, i + 2n, ...
 

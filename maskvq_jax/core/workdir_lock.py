@@ -141,6 +141,7 @@ class WorkdirLock:
     self.settle_s = settle_s  # object stores: pause before reading a new lock back
     self.token = uuid.uuid4().hex
     self.lost: Optional[str] = None
+    self._created_dirs: list = []
     self._held = False
     self._io = threading.Lock()
     self._stop = threading.Event()
@@ -220,6 +221,12 @@ class WorkdirLock:
   # -- acquire / heartbeat / release -----------------------------------------------------------
   def acquire(self) -> "WorkdirLock":
     try:
+      # the local folders this lock creates are removed again if the run leaves them empty (a
+      # config error found after locking): a mistake writes nothing
+      d = self.path.parent
+      while not self.remote and not d.exists() and d != d.parent:
+        self._created_dirs.append(d)  # leaf first
+        d = d.parent
       self.path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       raise WorkdirLockError(f"cannot create workdir {self.workdir} ({type(e).__name__}: {e})") from e
@@ -300,6 +307,11 @@ class WorkdirLock:
           self._remove_if(self.token)
         except OSError as e:
           logging.warning("could not remove the workdir lock %s (%s)", self.path, e)
+    for d in self._created_dirs:  # the folders acquire created, leaf first, while empty
+      try:
+        d.rmdir()
+      except (OSError, ValueError):  # not empty (epath says so with a ValueError)
+        break
 
 
 # The heartbeat thread stops a holder whose lock was taken over with this signal, sent to the main
