@@ -287,6 +287,22 @@ def test_stage1_three_rule_sets_sigterm_one_process_kill_resume(tmp_path, monkey
   assert "generator parameters:" not in p1 and "done: steps 0" in p1
 
 
+def test_model_axis_across_processes_is_refused_before_training(tmp_path):
+  """2 processes x 1 device with model=2: both hosts would feed their own examples into the same
+  (replicated) batch rows; this trained silently to the end (rc 0) before the check."""
+  root = str(tmp_path / "tp")
+  job = Launch("tp", os.path.join(root, "logs"),
+               ["--config", "configs/quickstart.py:tiny,perceptual=0,steps=2,rules=fsdp_tp",
+                '--config.mesh=(("data",1),("fsdp",1),("model",2))'],
+               workdir=root, env={"DEVICES_PER_PROCESS": "1"})
+  assert job.wait() == 2, job.tails()
+  for log in job.logs():
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: mesh {'data': 1, 'fsdp': 1, 'model': 2} on 2 processes: batch "
+                           "shard 0 of 1") and "keep ['model'] within a process" in last, last
+  assert not os.path.exists(os.path.join(root, "checkpoints"))
+
+
 # ================================================================================= stage 2
 @pytest.fixture(scope="module")
 def stage2_run(tmp_path_factory):
