@@ -19,6 +19,7 @@ class models: image i gets class i mod n_classes). Bad options raise before anyt
 and an existing output is never overwritten.
 """
 import argparse
+import functools
 import json
 import sys
 import time
@@ -200,6 +201,17 @@ def _local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate([idx[i] for i in order]), np.concatenate([rows[i] for i in order])
 
 
+def _first_rows(x: jax.Array, k: int, replicated: NamedSharding) -> np.ndarray:
+  """Rows [0, k) of a batch-sharded array on every process (a collective on several hosts: the
+  rows of a grid lie on other hosts' devices too)."""
+  return np.asarray(_head_fn(k, replicated)(x).addressable_data(0))
+
+
+@functools.lru_cache(maxsize=None)
+def _head_fn(k: int, replicated: NamedSharding):
+  return jax.jit(lambda a: a[:k], out_shardings=replicated)
+
+
 def _grid(images: np.ndarray) -> np.ndarray:
   n, h, w, c = images.shape
   cols = int(np.ceil(np.sqrt(n)))
@@ -282,9 +294,10 @@ def run(args) -> dict:
              "positions": _local_rows(positions)[1][keep].astype(np.int32),
              "labels": labels[rows[keep]]}
     writer.add(**local)
-    if jax.process_index() == 0 and b < args.grids:
-      g = _local_rows(images)[1] if jax.process_count() == 1 else imgs
-      files.save_png(files.join(out, f"grid_{b:03d}.png"), _grid(g[:min(bs, args.num - lo, 64)]))
+    if b < args.grids:  # every process takes part in gathering the grid's rows; process 0 writes
+      g = _first_rows(images, min(bs, args.num - lo, 64), repl)
+      if jax.process_index() == 0:
+        files.save_png(files.join(out, f"grid_{b:03d}.png"), _grid(g))
     progress(min(lo + bs, args.num))
   writer.flush()
   timed = times[1:] if len(times) > 1 else times

@@ -48,8 +48,9 @@ class Launch:
     os.makedirs(self.log_dir, exist_ok=True)
     env = dict(os.environ, WORKDIR=self.workdir or self.log_dir, NUM_PROCESSES="2",
                DEVICES_PER_PROCESS="4", LOG_DIR=self.log_dir, MODULE=self.module,
-               PYTHON=sys.executable, PYTHONPATH=ROOT, **self.env)
-    env.pop("XLA_FLAGS", None)  # the script sets 4 devices per process
+               PYTHON=sys.executable, PYTHONPATH=ROOT)
+    env.update(self.env)  # e.g. DEVICES_PER_PROCESS="1"
+    env.pop("XLA_FLAGS", None)  # the script sets the devices per process
     # No persistent compilation cache: a process that loads the step from the cache while its peer
     # still compiles it waits longer than gloo's 30 s in the first collective.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -287,6 +287,22 @@ def test_stage1_three_rule_sets_sigterm_one_process_kill_resume(tmp_path, monkey
   assert "generator parameters:" not in p1 and "done: steps 0" in p1
 
 
+def test_model_axis_across_processes_is_refused_before_training(tmp_path):
+  """2 processes x 1 device with model=2: both hosts would feed their own examples into the same
+  (replicated) batch rows; this trained silently to the end (rc 0) before the check."""
+  root = str(tmp_path / "tp")
+  job = Launch("tp", os.path.join(root, "logs"),
+               ["--config", "configs/quickstart.py:tiny,perceptual=0,steps=2,rules=fsdp_tp",
+                '--config.mesh=(("data",1),("fsdp",1),("model",2))'],
+               workdir=root, env={"DEVICES_PER_PROCESS": "1"})
+  assert job.wait() == 2, job.tails()
+  for log in job.logs():
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: mesh {'data': 1, 'fsdp': 1, 'model': 2} on 2 processes: batch "
+                           "shard 0 of 1") and "keep ['model'] within a process" in last, last
+  assert not os.path.exists(os.path.join(root, "checkpoints"))
+
+
 # ================================================================================= stage 2
 @pytest.fixture(scope="module")
 def stage2_run(tmp_path_factory):
@@ -405,6 +421,26 @@ def test_sample_cli_two_processes_equal_one(stage2_run):
   for k in ("index", "codes", "positions", "labels", "images"):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   assert json.load(open(os.path.join(two, "sample_info.json")))["num_processes"] == 2
+
+
+def test_sample_cli_grids_hold_every_host_rows(tmp_path):
+  """The PNG grid of a batch shows its first images whichever host holds them: process 0 drew only
+  its own 4 of 6 rows before (the .npz shards were right)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  tok = stage2_testlib.make_stage1_workdir(str(tmp_path / "stage1"))
+  workdir = str(tmp_path / "stage2")
+  stage2.train(stage2_testlib.tiny(tok, "steps=1"), workdir)
+  args = ["--workdir", workdir, "--num", "6", "--batch_size", "8", "--top_k", "4", "--seed", "5"]
+  one = str(tmp_path / "samples_1")
+  assert sample_cli.main([*args, "--out", one]) == 0
+  two = str(tmp_path / "samples_2")
+  job = Launch("grid", str(tmp_path / "logs"), [*args, "--out", two], module="maskvq_jax.sample")
+  assert job.wait() == 0, job.tails()
+  np.testing.assert_array_equal(_samples(two)["images"], _samples(one)["images"])
+  want = np.asarray(Image.open(os.path.join(one, "grid_000.png")))
+  got = np.asarray(Image.open(os.path.join(two, "grid_000.png")))
+  assert got.shape == want.shape == (32, 48, 3), (got.shape, want.shape)  # 6 images of 16 px
+  np.testing.assert_array_equal(got, want)
 
 
 def test_evaluate_cli_two_processes_equal_one(stage2_run):

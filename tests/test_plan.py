@@ -68,6 +68,16 @@ def test_plan_of_paper_models_on_256_devices():
   assert any("not divisible by the 256 batch shards" in n for n in bad.notes)
 
 
+def test_plan_notes_a_model_axis_across_hosts():
+  """model=8 over hosts of 4 devices: the training would refuse it (test_process_batches.py)."""
+  ok = plan_lib.plan(stackformer_ffhq256.get_config("rules=fsdp_tp,batch=256"),
+                     {"data": 1, "fsdp": 64, "model": 4})
+  assert not any("within a process" in n for n in ok.notes), ok.notes
+  bad = plan_lib.plan(stackformer_ffhq256.get_config("rules=fsdp_tp,batch=256"),
+                      {"data": 1, "fsdp": 32, "model": 8})
+  assert any("keep ['model'] within a process" in n for n in bad.notes), bad.notes
+
+
 @pytest.mark.parametrize("text,match", [
     ("data=16,fsdp=x", "'fsdp=x' is not name=<positive int>"),
     ("data=16,pipe=2", r"axes \['pipe'\] are not in the config's mesh"),

@@ -54,3 +54,37 @@ def test_sync_point_mode_asks_jax_and_installs_no_handler(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is before  # jax.distributed's notifier keeps SIGTERM
     assert [pre.stop(s) for s in (11, 12, 13)] == [False, False, True]
   assert asked == [10, 11, 12, 13]  # the start step is announced on entering
+
+
+def test_sigterm_before_the_loop_exits_143_and_removes_the_workdir_lock(tmp_path):
+  """A SIGTERM while the trainer restores or compiles (before `Preemption` takes SIGTERM over)
+  used to kill the process on the spot: its workdir lock stayed, and rerunning the same command
+  failed with a stale-lock error until `takeover_lock` was added."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile for real: the signal lands in the start-up
+  with open(log, "w") as out:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskvq_jax.main", "--config",
+         "configs/quickstart.py:tiny,perceptual=0,steps=50", "--config.compile_cache_dir=",
+         "--workdir", str(workdir), "--alsologtostderr"],
+        cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 300
+    while "state shardings" not in log.read_text():  # logged before initialising and compiling
+      assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+      time.sleep(0.1)
+    assert (workdir / "workdir.lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = log.read_text()
+  assert rc == 143, (rc, text[-3000:])
+  assert "outside the training loop: exiting without a new checkpoint" in text, text[-3000:]
+  assert not (workdir / "workdir.lock").exists()

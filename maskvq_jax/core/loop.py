@@ -4,9 +4,11 @@ Step counts and learning-rate schedules from a config, tree norms, the step cade
 preemption agreed over processes, the NaN/Inf guard on fetched metrics, and the restore-or-init
 start of a run.
 """
+import contextlib
 import json
 import math
 import signal
+import threading
 import time
 from typing import Optional
 
@@ -186,7 +188,8 @@ class Preemption:
     that are multiples of `check_every` (the same steps everywhere), so a signalled process runs
     at most `check_every - 1` more steps.
   The signal handler is installed on entering and removed on exit; before that, SIGTERM ends the
-  process (nothing since the last checkpoint is lost). With the preemption service, a notice that
+  process (nothing since the last checkpoint is lost; under `exit_on_sigterm` with status 143,
+  its workdir lock removed). With the preemption service, a notice that
   arrives before the loop (while restoring or compiling) is kept: the run stops after its first
   step, provided the start step was announced (`announce_step`) before the notice came; the
   trainers announce the latest checkpoint's step before restoring. A notice in the seconds
@@ -237,6 +240,33 @@ class Preemption:
     if self._installed:
       signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
     return False
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+  """Inside: a SIGTERM outside the training loop (restoring, compiling, the final evaluation) ends
+  the process with status 143 (128 + SIGTERM) by raising SystemExit, so `finally` blocks run and
+  the workdir lock is removed: rerunning the same command resumes without `takeover_lock`. The
+  default action killed the process on the spot and left a stale lock that refused the rerun.
+  Inside the loop `Preemption` owns SIGTERM (save, then stop). Nothing is installed where JAX's
+  preemption service owns SIGTERM (several processes: a notice before the loop is kept), nor
+  outside the main thread."""
+  if ((jax.process_count() > 1 and _preemption_service())
+      or threading.current_thread() is not threading.main_thread()):
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    logging.warning("received signal %d outside the training loop: exiting without a new "
+                    "checkpoint (rerun the same command to resume from the last one)", signum)
+    raise SystemExit(128 + signum)
+
+  old = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, old)
 
 
 def announce_step(step: int):

@@ -87,6 +87,53 @@ def batch_size_divisor(mesh, rules) -> int:
   return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
 
 
+def process_batch_problem(axis_names: Sequence[str], processes: np.ndarray,
+                          axes: Sequence[str]) -> Optional[str]:
+  """Why processes cannot each feed their own share of a batch split over mesh axes `axes`, or
+  None when they can.
+
+  `processes[i, j, ...]`: the process owning the mesh's device at that position (axes in the
+  order `axis_names`). Every host reads batch / process_count examples of its own share and hands
+  them to `jax.make_array_from_process_local_data`, so the batch shards must partition over the
+  processes: no shard on two processes. Where a mesh axis the batch is not split over (e.g.
+  "model") spans processes, two hosts hold the same rows yet feed different examples, and the
+  "replicated" batch (and everything computed from it) silently differs between them.
+  """
+  processes = np.asarray(processes)
+  if processes.ndim != len(axis_names):
+    raise ValueError(f"{processes.ndim}-d process array for mesh axes {tuple(axis_names)}")
+  batch = [list(axis_names).index(a) for a in axes if a in axis_names]  # major to minor
+  rest = [i for i in range(len(axis_names)) if i not in batch]
+  # one row per batch shard (in the order of the batch's rows), one column per other position
+  per_shard = np.transpose(processes, batch + rest).reshape(
+      math.prod(processes.shape[i] for i in batch), -1)
+  n_proc = len(np.unique(processes))
+  for shard, procs in enumerate(per_shard):
+    shared = np.unique(procs).tolist()
+    if len(shared) > 1:
+      sizes = dict(zip(axis_names, processes.shape))
+      spans = [a for a in axis_names if a not in axes and sizes[a] > 1]
+      names = shared if len(shared) <= 4 else [*shared[:3], "...", shared[-1]]
+      return (f"mesh {sizes} on {n_proc} processes: batch shard {shard} of {len(per_shard)} (the "
+              f"batch is split over {list(axes)}) lies on processes {names}, which would feed "
+              f"different examples into the same rows; keep {spans} within a process (inner "
+              f"axes whose product divides the {processes.size // n_proc} devices per process), "
+              f"so that the batch axes' product is a multiple of {n_proc}")
+  return None
+
+
+def _process_of(device) -> int:
+  return device.process_index
+
+
+def check_process_batches(mesh: jax.sharding.Mesh, rules) -> None:
+  """ValueError (`process_batch_problem`) unless every process holds its own rows of a batch."""
+  procs = np.vectorize(_process_of, otypes=[int])(mesh.devices)
+  problem = process_batch_problem(tuple(mesh.axis_names), procs, batch_axes(mesh, rules))
+  if problem:
+    raise ValueError(problem)
+
+
 def batch_sharding(mesh, rules) -> NamedSharding:
   """Sharding of a [B, ...] input: dimension 0 over the "batch" rule's mesh axes."""
   return NamedSharding(mesh, P(batch_axes(mesh, rules) or None))

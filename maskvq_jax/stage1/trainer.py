@@ -379,9 +379,10 @@ def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
 
   with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
     validate_config(config, jax.device_count())
+    mesh = sharding_lib.make_mesh(config.mesh)
+    rules = sharding_lib.get_rules(config.sharding_rules)
+    sharding_lib.check_process_batches(mesh, rules)  # every host feeds its own rows
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
-  mesh = sharding_lib.make_mesh(config.mesh)
-  rules = sharding_lib.get_rules(config.sharding_rules)
   # the evaluation runs at the end of training even when eval.every_steps is 0
   sharding_lib.padded_size("eval.batch_size", config.eval.batch_size,
                            sharding_lib.batch_size_divisor(mesh, rules), note=True)

@@ -521,6 +521,8 @@ def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   with cli.user_input(ValueError):  # the user's config: one `error:` line, not a traceback
     config = resolve_config(config, tokenizer)
     validate_config(config, jax.device_count(), tokenizer.num_tokens)
+    sharding_lib.check_process_batches(sharding_lib.make_mesh(config.mesh),
+                                       sharding_lib.get_rules(config.sharding_rules))
   input_pipeline.SKIPPED.reset()  # the metric counts this run's skipped images only
   if config.input.tokens_dir:
     meta = stage2_data.tokens_meta(config.input.tokens_dir)

@@ -164,6 +164,12 @@ def plan(config, mesh_sizes: dict[str, int], devices_per_host: int = 4,
                  f"a multiple of {shards} (e.g. --config.input.batch_size={shards * max(1, round(gb / shards))})")
   if gb % hosts:
     notes.append(f"input.batch_size={gb} is not divisible by {hosts} hosts")
+  # devices in mesh order, devices_per_host consecutive ones per host (jax.make_mesh on CPU / GPU)
+  procs = (np.arange(n_dev) // devices_per_host).reshape(tuple(mesh_sizes.values()))
+  problem = sharding_lib.process_batch_problem(tuple(mesh_sizes), procs,
+                                               sharding_lib.batch_axes(mesh, rules))
+  if problem:
+    notes.append(problem)
   padded = []
   counts = [("eval.batch_size", int(config.eval.batch_size))]
   if "sample" in config and config.sample.get("every_steps", 0):
