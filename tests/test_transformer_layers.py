@@ -14,6 +14,7 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.parity.golden_stackformer import load_golden_stackformer
 from maskvq_jax.models.dense_gpt import DenseGPT
 from maskvq_jax.models.stackformer import Stackformer, make_sequences, split_sequences
+from maskvq_jax.models import transformer
 from maskvq_jax.models.transformer import relayout, run_layers, stack_layers, unstack_layers
 from maskvq_jax.core.sharding import RULES
 
@@ -67,8 +68,12 @@ def _dense():
 
 
 def _close(a, b, tol=1e-5):
+  """Leaves equal to rtol `tol`, atol `tol` (scaled up for leaves above 10 in magnitude: float32
+  sums in another order, e.g. jax 0.11's, move a leaf of ~25 by ~1e-5)."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+    y = np.asarray(y)
+    atol = tol * max(1.0, float(np.abs(y).max(initial=0.0)) / 10)
+    np.testing.assert_allclose(np.asarray(x), y, rtol=tol, atol=atol)
 
 
 # ----- layout conversion --------------------------------------------------------------------
@@ -238,6 +243,20 @@ def test_golden_weights_on_scanned_model(official_small):
 
 
 # ----- remat --------------------------------------------------------------------------------
+def _remat_policies(jaxpr) -> list:
+  """The `policy` of every remat (jax.checkpoint) equation in `jaxpr` and its sub-jaxprs."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if "policy" in eqn.params and eqn.primitive.name in ("remat", "checkpoint", "remat2"):
+      out.append(eqn.params["policy"])
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          out += _remat_policies(inner)
+  return out
+
+
 @pytest.mark.parametrize("scan, policies", [
     (True, ("full", "dots_saveable", "dots_with_no_batch_dims_saveable")),
     (False, ("dots_with_no_batch_dims_saveable",)),  # unrolled "full" = remat=True: options test
@@ -254,11 +273,12 @@ def test_remat_policies_same_loss_and_grads(scan, policies):
     return jax.value_and_grad(f)
 
   ref_l, ref_g = jax.jit(loss("none"))(params)
-  assert "policy=" not in str(jax.make_jaxpr(loss("none"))(params))
+  assert _remat_policies(jax.make_jaxpr(loss("none"))(params).jaxpr) == []
   for policy in policies:
-    # The blocks really are rematerialised, with the named policy.
-    expected = "policy=None" if policy == "full" else f"policy=<function {policy} "
-    assert expected in str(jax.make_jaxpr(loss(policy))(params)), policy
+    # The blocks really are rematerialised, with the named policy (the policy objects themselves:
+    # jax 0.11 and 0.12 print them differently).
+    found = _remat_policies(jax.make_jaxpr(loss(policy))(params).jaxpr)
+    assert found and all(p is transformer.REMAT_POLICIES[policy] for p in found), (policy, found)
     l, g = jax.jit(loss(policy))(params)
     np.testing.assert_allclose(float(l), float(ref_l), rtol=1e-6, err_msg=policy)
     _close(g, ref_g, 1e-5)
