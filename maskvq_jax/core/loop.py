@@ -250,7 +250,9 @@ def exit_on_sigterm():
   default action killed the process on the spot and left a stale lock that refused the rerun.
   Inside the loop `Preemption` owns SIGTERM (save, then stop). Nothing is installed where JAX's
   preemption service owns SIGTERM (several processes: a notice before the loop is kept), nor
-  outside the main thread."""
+  outside the main thread. Python runs the handler between bytecodes: a signal that lands during
+  a compilation takes effect when the compilation returns. Both trainers' `train` enter it, so
+  every caller (main, the quickstart, the small reproduction) gets it."""
   if ((jax.process_count() > 1 and _preemption_service())
       or threading.current_thread() is not threading.main_thread()):
     yield
@@ -258,6 +260,7 @@ def exit_on_sigterm():
 
   def handle(signum, frame):
     del frame
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     logging.warning("received signal %d outside the training loop: exiting without a new "
                     "checkpoint (rerun the same command to resume from the last one)", signum)
     raise SystemExit(128 + signum)

@@ -23,7 +23,7 @@ which change how the same weights are computed, not the weights: `model.remat_po
 `model.attention_impl` and `model.scan_layers` (the stage-2 trainer restores a checkpoint stored in
 the other layer layout and converts it with `transformer.relayout_tree`); and, although under
 `optim.*`, `optim.grad_accum_steps`, which splits the same global batch into micro-batches (stage
-2: the same update; stage 1: BatchNorm and EMA-codebook statistics move once per micro-batch), so a
+2: the same update up to dropout masks; stage 1: BatchNorm and EMA-codebook statistics move once per micro-batch), so a
 run resumed on smaller devices may accumulate more.
 """
 import json

@@ -508,7 +508,8 @@ def train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
 
   Holds the workdir's lock for the whole run (core/workdir_lock.py).
   """
-  with workdir_lock.hold(workdir, config):
+  # outside the loop a SIGTERM ends the run with status 143 and the lock released (core/loop.py)
+  with loop.exit_on_sigterm(), workdir_lock.hold(workdir, config):
     return _train(config, workdir)
 
 
