@@ -54,6 +54,9 @@ stage1_testlib.enable_compile_cache()  # the in-process references only (see mp_
 TOTAL = 1000  # long enough that no launch ends by itself before it is signalled or killed
 EVERY = 2     # eval / image / sample grids cadence
 CHECK = 3     # stage 2's preemption_check_every_steps (its agreed step is a multiple of it)
+# Eval examples: 12 with the tiny configs' eval batch of 8 is one batch of examples 0-7 in one
+# process; each of 2 hosts reading a prefix of its own half evaluated 0-3 and 6-9 instead.
+EVAL_EXAMPLES = 12
 # The fsdp axis is the outer one where it is used: process 0 holds devices 0-3, so parameters and
 # optimizer state are sharded ACROSS the two hosts (not replicated between them).
 MESHES = {"fsdp_tp": '(("data",1),("fsdp",4),("model",2))',
@@ -200,7 +203,8 @@ def _compare_stage1(tmp_path, root, s, k, end, monkeypatch):
   # state it started from: the first with an uninterrupted run from step 0 (which also gives the
   # integers of the whole chain), the others with runs restored from the checkpoints they restored.
   tiny = functools.partial(stage1_testlib.tiny, f"steps={TOTAL}",
-                           **{"eval.every_steps": EVERY, "eval.image_every_steps": EVERY})
+                           **{"eval.every_steps": EVERY, "eval.image_every_steps": EVERY,
+                              "eval.num_examples": EVAL_EXAMPLES})
   monkeypatch.setattr(input_pipeline, "train_iter",
                       _two_host_iter(input_pipeline.train_iter, monkeypatch))
   mp_testlib.restore_two_host_positions(monkeypatch)
@@ -261,6 +265,7 @@ def test_stage1_three_rule_sets_sigterm_one_process_kill_resume(tmp_path, monkey
             f"--config.mesh={MESHES[rules]}", f"--config.resume={init_dir}",
             "--config.ckpt_every_steps=2",
             f"--config.eval.every_steps={EVERY}", f"--config.eval.image_every_steps={EVERY}",
+            f"--config.eval.num_examples={EVAL_EXAMPLES}",
             "--config.param_overview=True", "--alsologtostderr"]
 
   # The fsdp launch is killed only after an evaluation with image grid (each rule set has one).
@@ -316,6 +321,7 @@ def stage2_run(tmp_path_factory):
     return ["--config", f"configs/quickstart_stage2.py:tiny,steps={TOTAL},rules={rules}",
             f"--config.tokenizer={tok}", f"--config.mesh={MESHES[rules]}",
             "--config.ckpt_every_steps=2", f"--config.eval.every_steps={EVERY}",
+            f"--config.eval.num_examples={EVAL_EXAMPLES}",
             f"--config.sample.every_steps={EVERY}", "--config.param_overview=True",
             # the fallback agreement: a SIGTERM flag all-gathered every CHECK steps
             "--jax_enable_preemption_service=false",
@@ -343,7 +349,8 @@ def test_stage2_fsdp_sigterm_one_process_kill_resume(stage2_run, monkeypatch):
 
   config = stage2_testlib.tiny(r["tok"], f"steps={TOTAL},rules=fsdp", mesh=_mesh("fsdp"),
                                ckpt_every_steps=2, run_steps=end,
-                               **{"eval.every_steps": EVERY, "sample.every_steps": EVERY})
+                               **{"eval.every_steps": EVERY, "sample.every_steps": EVERY,
+                                  "eval.num_examples": EVAL_EXAMPLES})
   monkeypatch.setattr(stage2_data, "train_iter",
                       _two_host_iter(stage2_data.train_iter, monkeypatch))
   ref_dir = os.path.join(r["base"], "ref")

@@ -153,3 +153,25 @@ def test_sample_cli_num_not_dividing_the_devices(stage2_run, tmp_path):
   five, idx5, codes5 = images(tmp_path / "c", "--num", "5", "--batch_size", "3")  # -> 8
   assert five.shape[0] == 5 and list(idx5) == list(range(5))
   np.testing.assert_array_equal(codes5, codes16[:5])
+
+
+@pytest.mark.parametrize("processes, shards, batch, num", [
+    (1, 1, 8, 12), (2, 4, 8, 16), (4, 4, 8, 12), (4, 4, 2, 16), (4, 8, 3, 12), (3, 6, 8, 20),
+    (8, 8, 6, 30)])
+def test_eval_examples_do_not_depend_on_the_process_count(monkeypatch, processes, shards, batch,
+                                                          num):
+  """Global eval batch j holds examples j*B .. (j+1)*B - 1 for every process count: the hosts'
+  real rows (simulated processes) put together are exactly one process's batches."""
+  cfg = stage1_testlib.tiny("steps=2")
+  cfg.eval.batch_size, cfg.eval.num_examples = batch, num
+  monkeypatch.setattr(sharding_lib, "shards_of", lambda sharding: shards)
+  monkeypatch.setattr(jax, "process_count", lambda: processes)
+  per_host = []
+  for h in range(processes):
+    monkeypatch.setattr(jax, "process_index", lambda h=h: h)
+    n, real, rows, idx = input_pipeline.eval_rows(cfg, None, num_total=100)
+    assert n == num // batch and idx.shape == (n * max(real, 1),)
+    per_host.append(idx.reshape(n, max(real, 1))[:, :real])  # the rows VALID marks real
+  for j in range(num // batch):  # batch j, hosts in order: one process's batch j
+    np.testing.assert_array_equal(np.concatenate([ix[j] for ix in per_host]),
+                                  np.arange(j * batch, (j + 1) * batch))

@@ -3,8 +3,9 @@
 Why grain: random access plus a checkpointable iterator position, so a restarted run continues
 with exactly the batch it would have seen (the position is saved with every checkpoint).
 Each host reads its own part of the split (`tfds.split_for_jax_process`, or an index range for the
-procedural source) and `jax.make_array_from_process_local_data` assembles the global batch with
-the same sharding the model's "batch" axis uses. Images stay uint8 until the jitted step.
+procedural source; evaluation: its rows of each global batch, the same examples for any process
+count) and `jax.make_array_from_process_local_data` assembles the global batch with the same
+sharding the model's "batch" axis uses. Images stay uint8 until the jitted step.
 
 Augmentations follow the authors: ImageNet `crop_flip` (short-side resize + random crop + flip),
 FFHQ `rrc_flip` (RandomResizedCrop scale 0.75-1, square, + flip), small procedural images `flip`.
@@ -51,20 +52,34 @@ def _host_range(n: int) -> tuple[int, int]:
   return jax.process_index() * per, (jax.process_index() + 1) * per
 
 
-def get_source(inp, split: str, num_examples: Optional[int] = None):
-  """Random-access source of this host's part of `split` for the `config.input` block."""
+def get_source(inp, split: str, num_examples: Optional[int] = None, *, whole: bool = False):
+  """Random-access source of this host's part of `split` for the `config.input` block; with
+  `whole`, the whole split on every host (evaluation picks each host's rows, `eval_rows`)."""
   if inp.source == "procedural":
     if not inp.name.startswith("shapes"):
       raise ValueError(f"source=procedural only supports shapes, got {inp.name!r}")
     n = num_examples or inp.num_train_examples
-    start, stop = _host_range(n)
+    start, stop = (0, n) if whole else _host_range(n)
     return shapes_gen.ShapesSource(inp.res, n, seed=inp.get("data_seed", 0), split=split,
                                    start=start, stop=stop)
   if inp.source != "tfds":
     raise ValueError(f"unknown input.source {inp.source!r}; choose tfds or procedural")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # heavy, tfds only
-  host_split = tfds.split_for_jax_process(split, drop_remainder=True)
+  host_split = split if whole else tfds.split_for_jax_process(split, drop_remainder=True)
   return tfds_source(inp.name, host_split, data_dir=inp.data_dir, folder=inp.get("folder", ""))
+
+
+class Rows:
+  """The examples of a random-access source at `indices` (a random-access source itself)."""
+
+  def __init__(self, src, indices):
+    self.src, self.indices = src, np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.src[int(self.indices[i])]
 
 
 def tfds_source(name: str, split: str, *, data_dir: str = "", folder: str = ""):
@@ -252,19 +267,26 @@ def train_iter(config, sharding) -> GlobalIterator:
   return GlobalIterator(iter(ds), sharding, prefetch=inp.get("device_prefetch", 2))
 
 
-def eval_rows(config, sharding, num_local: int) -> tuple[int, int, int]:
-  """(batches, real rows per host batch, rows per host batch) of the held-out evaluation.
+def eval_rows(config, sharding, num_total: int) -> tuple[int, int, int, np.ndarray]:
+  """(batches, real rows per host batch, rows per host batch, this host's example indices) of
+  the held-out evaluation over a split of `num_total` examples that every host can read.
 
   `eval.batch_size` need not divide the batch shards or the hosts: each global batch holds
   eval.batch_size real examples, padded up to a multiple of the shards (`VALID` marks the real
-  rows; the eval steps sum over them only). Every host runs the same number of batches.
+  rows; the eval steps sum over them only). Global batch j holds examples j * B .. (j + 1) * B - 1
+  (B = eval.batch_size) and host h its rows B * h // P .. of them (P processes), so the evaluated
+  examples are the first (num_examples // B) * B whatever the process count: an evaluation curve
+  does not jump when a run resumes on another number of hosts. A host without real rows reads
+  one example per batch and marks it padding.
   """
   ev = config.eval
-  padded = sharding_lib.padded_size("eval.batch_size", int(ev.batch_size),
-                                    sharding_lib.shards_of(sharding))
-  real, rows = sharding_lib.host_rows(int(ev.batch_size), padded)
-  most = -(-int(ev.batch_size) // jax.process_count())  # the largest host share: same n everywhere
-  return min(num_local, max(int(ev.num_examples), 0) // jax.process_count()) // most, real, rows
+  b = int(ev.batch_size)
+  padded = sharding_lib.padded_size("eval.batch_size", b, sharding_lib.shards_of(sharding))
+  real, rows = sharding_lib.host_rows(b, padded)
+  n = min(num_total, max(int(ev.num_examples), 0)) // b
+  start = b * jax.process_index() // jax.process_count()
+  idx = np.arange(n)[:, None] * b + start + np.arange(max(real, 1))[None, :]
+  return n, real, rows, idx.reshape(-1)
 
 
 def eval_iter(config, sharding) -> tuple[GlobalIterator, int]:
@@ -274,13 +296,13 @@ def eval_iter(config, sharding) -> tuple[GlobalIterator, int]:
   (bool [B], False on the padding rows of `eval_rows`).
   """
   inp, ev = config.input, config.eval
-  src = get_source(inp, ev.split, num_examples=ev.num_examples)
-  n_batches, real, rows = eval_rows(config, sharding, len(src))
+  src = get_source(inp, ev.split, num_examples=ev.num_examples, whole=True)
+  n_batches, real, rows, idx = eval_rows(config, sharding, len(src))
   if n_batches < 1:
-    raise ValueError(f"eval split {ev.split!r} has {len(src)} examples on this host, fewer than "
-                     f"one batch of {max(real, 1)}")
+    raise ValueError(f"eval split {ev.split!r} has {len(src)} examples (eval.num_examples="
+                     f"{ev.num_examples}), fewer than one batch of {ev.batch_size}")
   pre = lambda ex: preprocess(ex, None, res=inp.res, augment="none", keep_mask=True)
-  ds = (grain.MapDataset.source(src)[:n_batches * max(real, 1)].map(pre)
+  ds = (grain.MapDataset.source(Rows(src, idx)).map(pre)
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads, prefetch_buffer_size=8))
         .batch(max(real, 1), drop_remainder=True)
         .map(lambda b: sharding_lib.pad_rows(b, rows, num_valid=real)))

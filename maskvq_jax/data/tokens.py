@@ -125,11 +125,14 @@ class _TokenSource:
 
 
 # ------------------------------------------------------------------ iterators
-def _source_and_prep(config, split, *, train, need_label, text_len, num_examples=None):
+def _source_and_prep(config, split, *, train, need_label, text_len, num_examples=None,
+                     whole=False):
+  """(source, prep); the source is this host's share of `split`, or with `whole` all of it."""
   import jax  # pylint: disable=g-import-not-at-top
   inp = config.input
   if inp.tokens_dir:
-    src = _TokenSource(token_files(inp.tokens_dir, split), jax.process_index(), jax.process_count())
+    host = (0, 1) if whole else (jax.process_index(), jax.process_count())
+    src = _TokenSource(token_files(inp.tokens_dir, split), *host)
 
     def prep(ex, rng):
       out = {"codes": ex["codes"], "positions": ex["positions"]}
@@ -141,7 +144,7 @@ def _source_and_prep(config, split, *, train, need_label, text_len, num_examples
       return out
     return src, prep
 
-  src = input_pipeline.get_source(inp, split, num_examples=num_examples)
+  src = input_pipeline.get_source(inp, split, num_examples=num_examples, whole=whole)
 
   def prep(ex, rng):
     rng = rng if train else None
@@ -172,16 +175,16 @@ def eval_iter(config, sharding, *, need_label: bool, text_len: int):
   """(iterator, batches): the held-out split in a fixed order, centre crops, first captions.
 
   Batches carry VALID (bool [B]): eval.batch_size real rows per global batch, padded up to the
-  batch shards (`pipeline.eval_rows`).
+  batch shards; the same examples for any process count (`pipeline.eval_rows`).
   """
   inp, ev = config.input, config.eval
   src, prep = _source_and_prep(config, ev.split, train=False, need_label=need_label,
-                               text_len=text_len, num_examples=ev.num_examples)
-  n, real, rows = input_pipeline.eval_rows(config, sharding, len(src))
+                               text_len=text_len, num_examples=ev.num_examples, whole=True)
+  n, real, rows, idx = input_pipeline.eval_rows(config, sharding, len(src))
   if n < 1:
-    raise ValueError(f"eval split {ev.split!r}: {len(src)} examples on this host, fewer than one "
-                     f"batch of {max(real, 1)} (eval.num_examples={ev.num_examples})")
-  ds = (grain.MapDataset.source(src)[:n * max(real, 1)].map(lambda ex: prep(ex, None))
+    raise ValueError(f"eval split {ev.split!r}: {len(src)} examples, fewer than one batch of "
+                     f"{ev.batch_size} (eval.num_examples={ev.num_examples})")
+  ds = (grain.MapDataset.source(input_pipeline.Rows(src, idx)).map(lambda ex: prep(ex, None))
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads, prefetch_buffer_size=8))
         .batch(max(real, 1), drop_remainder=True)
         .map(lambda b: sharding_lib.pad_rows(b, rows, num_valid=real)))
