@@ -57,6 +57,17 @@ def test_helpers():
   assert not sharding_lib.pad_rows({"x": np.arange(1)}, 2, num_valid=0)[sharding_lib.VALID].any()
 
 
+def test_to_host_gathers_every_shard_in_order():
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  tree = {"x": jax.device_put(x, NamedSharding(mesh, P("data"))),
+          "i": jax.device_put(np.arange(8)[::-1].copy(), NamedSharding(mesh, P("data")))}
+  host = sharding_lib.to_host(tree)
+  assert all(isinstance(v, np.ndarray) for v in host.values())
+  np.testing.assert_array_equal(host["x"], x)
+  np.testing.assert_array_equal(host["i"], np.arange(8)[::-1])
+
+
 def test_cli_batch_sizes_are_padded_to_the_devices():
   import argparse  # pylint: disable=import-outside-toplevel
   from maskvq_jax import evaluate, sample  # pylint: disable=import-outside-toplevel

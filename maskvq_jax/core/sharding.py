@@ -179,6 +179,18 @@ def real_rows(n: int, padded: int) -> np.ndarray:
   return np.arange(padded) < n
 
 
+def to_host(tree):
+  """A tree of (possibly batch-sharded, multi-host) arrays as whole numpy arrays on every process.
+
+  On several processes this is a collective (`process_allgather`, tiled: every process must call
+  it); on one it is `device_get`.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
 def host_rows(n: int, padded: int, process_index: Optional[int] = None,
               process_count: Optional[int] = None) -> tuple[int, int]:
   """(real rows, rows) of this host's part of a global batch of n real rows padded to `padded`

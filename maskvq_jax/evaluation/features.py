@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from maskvq_jax.core import sharding as sharding_lib
+
 INDEX = "_index"  # per-row global example index; -1 marks padding
 
 
@@ -114,12 +116,9 @@ class BatchRunner:
     return out
 
   def _fetch(self, out) -> dict:
-    if jax.process_count() > 1:
-      host = multihost_utils.process_allgather(out, tiled=True)
-    else:
-      host = jax.device_get(out)
-    keep = np.asarray(host[INDEX]) >= 0
-    return {k: np.asarray(v)[keep] for k, v in host.items()}
+    host = sharding_lib.to_host(out)
+    keep = host[INDEX] >= 0
+    return {k: v[keep] for k, v in host.items()}
 
   def run(self, host_batches: Iterable[Mapping[str, np.ndarray]], *, num_local: int,
           index_offset: int = 0, spec: Optional[Mapping[str, tuple]] = None,

@@ -15,7 +15,6 @@ from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
@@ -25,12 +24,6 @@ from maskvq_jax.stage2 import sampling
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.evaluation import features
 from maskvq_jax.evaluation import recon
-
-
-def _to_host(x) -> np.ndarray:
-  if jax.process_count() > 1:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
 
 
 def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_variables,
@@ -89,7 +82,7 @@ def sample_images(stackformer, stackformer_variables, tokenizer, tokenizer_varia
       positions = jax.device_put(s.positions, batch_sh)
       jax.block_until_ready((codes, positions))
     times.append(time.perf_counter() - t0)
-    out.append(_to_host(decode(tok_vars, codes, positions)))
+    out.append(sharding_lib.to_host(decode(tok_vars, codes, positions)))
     if progress is not None:
       progress(min((b + 1) * batch_size, num_images))
   timed = times[1:] if len(times) > 1 else times

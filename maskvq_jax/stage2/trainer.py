@@ -459,13 +459,6 @@ def image_grid(images: np.ndarray, cols: Optional[int] = None) -> np.ndarray:
   return g.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
-def _to_host(x) -> np.ndarray:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
 # ===================================================================== train
 def _run_meta(config, step, mesh, tok_info) -> dict:
   meta = loop.run_meta(config, step, mesh)
@@ -601,7 +594,7 @@ def _train(config: "ml_collections.ConfigDict", workdir: str) -> dict:
   def run_samples(step, state):
     t = time.time()
     imgs, _ = sampler(state, tok_vars, jax.random.key(config.sample.seed), conds)
-    imgs = _to_host(imgs)[:config.sample.num]  # the padding rows (if any) come last
+    imgs = sharding_lib.to_host(imgs)[:config.sample.num]  # the padding rows (if any) come last
     secs = time.time() - t
     writer.images(step, {"samples": image_grid(imgs)})
     writer.scalars(step, {"sample/seconds": secs})
