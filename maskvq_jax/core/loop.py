@@ -119,12 +119,16 @@ def check_grad_accum(config, data_parallel: int):
                      f"micro-batches, each a multiple of the data-parallel size {data_parallel}")
 
 
-def check_device_prefetch(config):
-  """ValueError unless `input.device_prefetch` (global batches put on the devices ahead of the
-  step; 0: none) is an int >= 0."""
-  n = config.input.get("device_prefetch", 2)
+DEVICE_PREFETCH = 2  # default of input.device_prefetch
+
+
+def device_prefetch(inp) -> int:
+  """`input.device_prefetch` (global batches put on the devices ahead of the step; 0: none) of
+  the input config `inp`, default DEVICE_PREFETCH; ValueError unless it is an int >= 0."""
+  n = inp.get("device_prefetch", DEVICE_PREFETCH)
   if isinstance(n, bool) or not isinstance(n, int) or n < 0:
     raise ValueError(f"input.device_prefetch={n!r} must be an int >= 0 (0: no prefetch)")
+  return n
 
 
 def microbatches(tree, n: int):

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from maskvq_jax.core import loop
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import images
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
@@ -264,7 +265,7 @@ def train_iter(config, sharding) -> GlobalIterator:
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads,
                                            prefetch_buffer_size=max(inp.prefetch, 1) * 8))
         .batch(_local_batch(inp.batch_size), drop_remainder=True))
-  return GlobalIterator(iter(ds), sharding, prefetch=inp.get("device_prefetch", 2))
+  return GlobalIterator(iter(ds), sharding, prefetch=loop.device_prefetch(inp))
 
 
 def eval_rows(config, sharding, num_total: int) -> tuple[int, int, int, np.ndarray]:

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from maskvq_jax.core import files
+from maskvq_jax.core import loop
 from maskvq_jax.core import sharding as sharding_lib
 from maskvq_jax.data import pipeline as input_pipeline
 from maskvq_jax.data.builders.shapes import generate as shapes_gen
@@ -167,8 +168,7 @@ def train_iter(config, sharding, *, need_label: bool, text_len: int):
         .to_iter_dataset(grain.ReadOptions(num_threads=inp.num_threads,
                                            prefetch_buffer_size=max(inp.prefetch, 1) * 8))
         .batch(input_pipeline._local_batch(inp.batch_size), drop_remainder=True))  # pylint: disable=protected-access
-  return input_pipeline.GlobalIterator(iter(ds), sharding,
-                                       prefetch=inp.get("device_prefetch", 2))
+  return input_pipeline.GlobalIterator(iter(ds), sharding, prefetch=loop.device_prefetch(inp))
 
 
 def eval_iter(config, sharding, *, need_label: bool, text_len: int):

@@ -100,7 +100,7 @@ def validate_config(config, num_devices: int):
   if config.ema_updates_per_step not in (1, 2):
     raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
   loop.check_grad_accum(config, div)
-  loop.check_device_prefetch(config)
+  loop.device_prefetch(config.input)  # ValueError naming a bad input.device_prefetch
   if loop.grad_accum_steps(config) > 1 and config.ema_updates_per_step != 1:
     raise ValueError(f"optim.grad_accum_steps={loop.grad_accum_steps(config)} needs "
                      f"ema_updates_per_step=1, not {config.ema_updates_per_step}")

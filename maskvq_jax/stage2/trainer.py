@@ -190,7 +190,7 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError(f"model.cond_dropout={m.cond_dropout} must be in [0, 1)")
   loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
   loop.check_grad_accum(config, div)
-  loop.check_device_prefetch(config)
+  loop.device_prefetch(config.input)  # ValueError naming a bad input.device_prefetch
   if not 0.0 <= config.param_ema < 1.0:
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if config.optim.schedule not in ("warmup_cosine", "constant"):
