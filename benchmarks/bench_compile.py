@@ -16,11 +16,15 @@ and a tiny model is compiled first (backend start-up), so every figure is a cold
                     and `_scanned` is null.
 
   python benchmarks/bench_compile.py                       # everything (unrolled 24 + 24: ~20 min)
-  python benchmarks/bench_compile.py --models stackformer_307m --skip_unrolled
+  python benchmarks/bench_compile.py --models stackformer_307m --kinds scanned
   python benchmarks/bench_compile.py --layers 4 --mqvae_res 64 --batch 8   # a quick check
+  python benchmarks/bench_compile.py --batch 2 --steps 3    # + step times at batch 2 (CPU)
 
 --layers N gives both Stackformer stacks N layers (the size check above); --mqvae_res R the MQ-VAE
-resolution (attention at R / 8, as at 256); --batch the global batch (default: the config's).
+resolution (attention at R / 8, as at 256); --batch the global batch (default: the config's);
+--steps N also runs every compiled step N times on a fresh (random-init) state and random batch
+and reports the median wall seconds as `<model>_<kind>_step_s`, and
+`<model>_step_scanned_over_unrolled` (> 1: scanning made the step slower).
 """
 import argparse
 import functools
@@ -34,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from configs import mqvae_ffhq256  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import stackformer_ffhq256
@@ -53,7 +58,8 @@ TOKENIZER = MQVAE(resolution=256, keep_ratio=0.25)  # 32 x 32 grid, 1024 codes, 
 
 
 def _compile(step, state_sh, batch_sh, repl, abstract, batch, extra, mesh, rules) -> tuple:
-  """(wall, CPU) seconds to lower and compile `step` as the trainers jit it (abstract inputs).
+  """(wall, CPU) seconds to lower and compile `step` as the trainers jit it (abstract inputs),
+  and the compiled step.
 
   CPU seconds (all threads of this process) are the steadier figure on a shared machine.
   """
@@ -61,15 +67,36 @@ def _compile(step, state_sh, batch_sh, repl, abstract, batch, extra, mesh, rules
                donate_argnums=(0,))
   t, c = time.perf_counter(), time.process_time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    fn.lower(abstract, batch, extra).compile()
-  return time.perf_counter() - t, time.process_time() - c
+    compiled = fn.lower(abstract, batch, extra).compile()
+  return time.perf_counter() - t, time.process_time() - c, compiled
+
+
+def _step_seconds(compiled, create, mesh, rules, state_sh, batch, extra, steps: int) -> dict:
+  """Median wall seconds per call of the compiled step on a fresh state (after one warm-up call).
+
+  `batch` holds host arrays already laid out with the batch sharding; the state is donated each
+  call and replaced by the step's output, as in the trainers' loops.
+  """
+  state = loop.init_state(create, jax.random.PRNGKey(0), mesh, rules, state_sh)
+  times = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for i in range(steps + 1):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch, extra)
+      jax.block_until_ready((state, metrics))
+      if i:  # the first call pays the allocation of the outputs
+        times.append(time.perf_counter() - t)
+  del state
+  times.sort()
+  return {"step_s": times[len(times) // 2], "step_runs": steps}
 
 
 def _shapes(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def stackformer(name: str, scanned: bool, layers: int, batch: int, width: int = 0) -> dict:
+def stackformer(name: str, scanned: bool, layers: int, batch: int, width: int = 0,
+                steps: int = 0) -> dict:
   c = STACKFORMERS[name]()
   if layers > 0:
     c.model.update(code_layers=layers, position_layers=layers)
@@ -91,14 +118,28 @@ def stackformer(name: str, scanned: bool, layers: int, batch: int, width: int = 
           "positions": jax.ShapeDtypeStruct((b, k), jnp.int32)}
   if c.model.n_classes:
     data["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
-  secs, cpu = _compile(functools.partial(stage2.train_step, parts=parts), state_sh,
-                  sharding_lib.batch_sharding(mesh, rules), sharding_lib.replicated(mesh),
-                  abstract, data, None, mesh, rules)
-  return {"compile_s": secs, "compile_cpu_s": cpu, "params_M": loop.num_params(abstract.params) / 1e6,
-          "layers": [c.model.code_layers, c.model.position_layers], "batch": b}
+  batch_sh = sharding_lib.batch_sharding(mesh, rules)
+  secs, cpu, compiled = _compile(functools.partial(stage2.train_step, parts=parts), state_sh,
+                                 batch_sh, sharding_lib.replicated(mesh), abstract, data, None,
+                                 mesh, rules)
+  out = {"compile_s": secs, "compile_cpu_s": cpu,
+         "params_M": loop.num_params(abstract.params) / 1e6,
+         "layers": [c.model.code_layers, c.model.position_layers], "batch": b}
+  if steps:
+    rng = np.random.default_rng(0)
+    grid = TOKENIZER.grid ** 2
+    host = {"codes": rng.integers(0, TOKENIZER.codebook_size, (b, k), dtype=np.int32),
+            # each row: K distinct positions of the grid in raster order, as the exporter writes
+            "positions": np.sort(np.argsort(rng.random((b, grid)), axis=1)[:, :k], axis=1)
+                         .astype(np.int32)}
+    if c.model.n_classes:
+      host["label"] = rng.integers(0, c.model.n_classes, (b,), dtype=np.int32)
+    out.update(_step_seconds(compiled, functools.partial(stage2.create_state, parts=parts), mesh,
+                             rules, state_sh, jax.device_put(host, batch_sh), None, steps))
+  return out
 
 
-def mqvae(res: int, batch: int) -> dict:
+def mqvae(res: int, batch: int, steps: int = 0) -> dict:
   c = mqvae_ffhq256.get_config()
   if res != c.model.resolution:
     c.model.update(resolution=res, attn_resolutions=(res // 8,))
@@ -115,30 +156,47 @@ def mqvae(res: int, batch: int) -> dict:
   b = c.input.batch_size
   data = {"image": jax.ShapeDtypeStruct((b, res, res, 3), jnp.uint8)}
   lpips = _shapes(parts.lpips.load_params()) if c.loss.perceptual_weight > 0 else None
-  secs, cpu = _compile(functools.partial(stage1.train_step, parts=parts), state_sh,
-                  sharding_lib.batch_sharding(mesh, rules), sharding_lib.replicated(mesh),
-                  abstract, data, lpips, mesh, rules)
-  return {"compile_s": secs, "compile_cpu_s": cpu, "params_M": loop.num_params(abstract.params["g"]) / 1e6,
-          "res": res, "batch": b}
+  batch_sh, repl = sharding_lib.batch_sharding(mesh, rules), sharding_lib.replicated(mesh)
+  secs, cpu, compiled = _compile(functools.partial(stage1.train_step, parts=parts), state_sh,
+                                 batch_sh, repl, abstract, data, lpips, mesh, rules)
+  out = {"compile_s": secs, "compile_cpu_s": cpu,
+         "params_M": loop.num_params(abstract.params["g"]) / 1e6, "res": res, "batch": b}
+  if steps:
+    host = {"image": np.random.default_rng(0).integers(0, 256, (b, res, res, 3), dtype=np.uint8)}
+    lpips_params = (jax.device_put(parts.lpips.load_params(), repl)
+                    if c.loss.perceptual_weight > 0 else None)
+    out.update(_step_seconds(compiled, functools.partial(stage1.create_state, parts=parts), mesh,
+                             rules, state_sh, jax.device_put(host, batch_sh), lpips_params, steps))
+  return out
 
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default=",".join(MODELS),
                  help=f"comma-separated subset of {','.join(MODELS)}")
-  p.add_argument("--skip_unrolled", action="store_true", help="time the scanned steps only")
+  p.add_argument("--kinds", default="scanned,unrolled",
+                 help="which Stackformer layouts to time, in this order (e.g. `scanned` alone, or "
+                      "`unrolled,scanned` to check that the order does not move the step times)")
   p.add_argument("--layers", type=int, default=0,
                  help="layers per Stackformer stack (0: the config's 12 / 24)")
   p.add_argument("--mqvae_res", type=int, default=256, help="MQ-VAE resolution (multiple of 8)")
   p.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
+  p.add_argument("--steps", type=int, default=0,
+                 help="also run each compiled step this many times on a fresh state (after one "
+                      "warm-up call) and report the median as <model>_<kind>_step_s; use a small "
+                      "--batch on a CPU")
   args = p.parse_args(argv)
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   bad = [m for m in models if m not in MODELS]
   if bad or not models:
     p.error(f"--models={args.models!r}: unknown {bad}; choose from {','.join(MODELS)}")
-  if args.layers < 0 or args.batch < 0 or args.mqvae_res < 8 or args.mqvae_res % 8:
-    p.error(f"--layers={args.layers} / --batch={args.batch} must be >= 0 and --mqvae_res="
-            f"{args.mqvae_res} a positive multiple of 8")
+  kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+  if not kinds or len(set(kinds)) != len(kinds) or set(kinds) - {"scanned", "unrolled"}:
+    p.error(f"--kinds={args.kinds!r}: give scanned and / or unrolled, each once")
+  if (args.layers < 0 or args.batch < 0 or args.steps < 0 or args.mqvae_res < 8
+      or args.mqvae_res % 8):
+    p.error(f"--layers={args.layers} / --batch={args.batch} / --steps={args.steps} must be >= 0 "
+            f"and --mqvae_res={args.mqvae_res} a positive multiple of 8")
   jax.config.update("jax_enable_compilation_cache", False)  # cold compiles only
 
   for scanned in (True, False):  # warm-up: backend start, first traces of the shared code
@@ -148,24 +206,28 @@ def main(argv=None) -> dict:
   for m in models:
     if m == "mqvae_ffhq":
       out[f"{m}_scanned_compile_s"] = None  # no scanned form of the de-masker / MQ-VAE
-      if not args.skip_unrolled:
-        r = mqvae(args.mqvae_res, args.batch)
+      if "unrolled" in kinds:
+        r = mqvae(args.mqvae_res, args.batch, args.steps)
         out[f"{m}_unrolled_compile_s"] = round(r.pop("compile_s"), 2)
         out[f"{m}_unrolled_compile_cpu_s"] = round(r.pop("compile_cpu_s"), 2)
+        if args.steps:
+          out[f"{m}_unrolled_step_s"] = round(r.pop("step_s"), 4)
         out[f"{m}_info"] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
       continue
-    for scanned in (True, False):
-      if not scanned and args.skip_unrolled:
-        continue
-      r = stackformer(m, scanned, args.layers, args.batch)
-      kind = "scanned" if scanned else "unrolled"
+    for kind in kinds:
+      r = stackformer(m, kind == "scanned", args.layers, args.batch, steps=args.steps)
       out[f"{m}_{kind}_compile_s"] = round(r.pop("compile_s"), 2)
       out[f"{m}_{kind}_compile_cpu_s"] = round(r.pop("compile_cpu_s"), 2)
+      if args.steps:
+        out[f"{m}_{kind}_step_s"] = round(r.pop("step_s"), 4)
       out[f"{m}_info"] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
-    if not args.skip_unrolled:
+    if len(kinds) == 2:
       for unit in ("", "_cpu"):  # unrolled / scanned compile time
         out[f"{m}_compile{unit}_speedup"] = round(out[f"{m}_unrolled_compile{unit}_s"]
                                                   / out[f"{m}_scanned_compile{unit}_s"], 2)
+      if args.steps:  # > 1: the scanned step is slower
+        out[f"{m}_step_scanned_over_unrolled"] = round(out[f"{m}_scanned_step_s"]
+                                                       / out[f"{m}_unrolled_step_s"], 3)
   print(json.dumps(out))
   return out
 
