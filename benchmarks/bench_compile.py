@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
   jax.config.update("jax_enable_compilation_cache", False)  # cold compiles only
 
   for scanned in (True, False):  # warm-up: backend start, first traces of the shared code
-    stackformer(MODELS[0], scanned, 1, 2, width=64)
+    stackformer(MODELS[0], scanned, 1, jax.device_count(), width=64)  # one row per device
   out = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
          "num_devices": jax.device_count(), "jax_version": jax.__version__}
   for m in models:
