@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from maskvq_jax.core import checkpointing
+from maskvq_jax.core import sharding as sharding_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Platforms where "auto" means bfloat16 activations (matrix units run bf16 at full rate). On CPU
@@ -129,6 +130,37 @@ def device_prefetch(inp) -> int:
   if isinstance(n, bool) or not isinstance(n, int) or n < 0:
     raise ValueError(f"input.device_prefetch={n!r} must be an int >= 0 (0: no prefetch)")
   return n
+
+
+def check_run_config(config, num_devices: int) -> tuple[dict, int]:
+  """The checks both trainers share, before anything is traced (ValueError naming the value).
+
+  Mesh and sharding rules, the training batch against the data-parallel size, eval.batch_size,
+  compute_dtype, gradient accumulation, device prefetch, param_ema and the step count. Returns
+  ({mesh axis: size}, data-parallel size).
+  """
+  names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
+  mesh = dict(zip(names, sizes))
+  rules = sharding_lib.get_rules(config.sharding_rules)
+  for rule in dict(rules).values():
+    for a in ((rule,) if isinstance(rule, str) else tuple(rule or ())):
+      if a not in mesh:
+        raise ValueError(f"sharding_rules={config.sharding_rules!r} uses mesh axis {a!r} missing "
+                         f"from mesh {mesh}")
+  axes = dict(rules)["batch"]
+  axes = [a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh]
+  div = int(np.prod([mesh[a] for a in axes]))
+  check_train_batch(config.input.batch_size, axes, div, mesh)
+  if config.eval.batch_size < 1:  # any other size is padded up to the batch shards
+    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
+  resolve_compute_dtype(config.compute_dtype)
+  check_grad_accum(config, div)
+  device_prefetch(config.input)
+  if not 0.0 <= config.param_ema < 1.0:
+    raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
+  if total_steps(config) < 1:
+    raise ValueError("total_steps (or total_epochs) gives no training step")
+  return mesh, div
 
 
 def microbatches(tree, n: int):

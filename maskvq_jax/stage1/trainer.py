@@ -78,36 +78,16 @@ class Parts:
 # ===================================================================== config checks
 def validate_config(config, num_devices: int):
   """Rejects a bad config before anything is traced or compiled (ValueError naming the value)."""
-  names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
-  mesh = dict(zip(names, sizes))
-  rules = sharding_lib.get_rules(config.sharding_rules)
-  axes = dict(rules)["batch"]
-  axes = (axes,) if isinstance(axes, str) else tuple(axes)
-  div = int(np.prod([mesh[a] for a in axes if a in mesh]))
-  loop.check_train_batch(config.input.batch_size, [a for a in axes if a in mesh], div, mesh)
-  if config.eval.batch_size < 1:  # any other size is padded up to the batch shards
-    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
-  for rule in dict(rules).values():
-    for a in ((rule,) if isinstance(rule, str) else tuple(rule or ())):
-      if a not in mesh:
-        raise ValueError(f"sharding_rules={config.sharding_rules!r} uses mesh axis {a!r} missing "
-                         f"from mesh {mesh}")
+  loop.check_run_config(config, num_devices)
   mqvae_lib.validate_mqvae_kwargs(**config.model.to_dict())
   if config.model.resolution != config.input.res:
     raise ValueError(f"model.resolution={config.model.resolution} != input.res={config.input.res}")
-  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
   losses.d_loss_fn(config.loss.disc_loss)
   if config.ema_updates_per_step not in (1, 2):
     raise ValueError(f"ema_updates_per_step={config.ema_updates_per_step} must be 1 or 2")
-  loop.check_grad_accum(config, div)
-  loop.device_prefetch(config.input)  # ValueError naming a bad input.device_prefetch
   if loop.grad_accum_steps(config) > 1 and config.ema_updates_per_step != 1:
     raise ValueError(f"optim.grad_accum_steps={loop.grad_accum_steps(config)} needs "
                      f"ema_updates_per_step=1, not {config.ema_updates_per_step}")
-  if not 0.0 <= config.param_ema < 1.0:
-    raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
-  if loop.total_steps(config) < 1:
-    raise ValueError("total_steps (or total_epochs) gives no training step")
 
 
 # ===================================================================== construction

@@ -164,21 +164,9 @@ def resolve_config(config, tokenizer) -> "ml_collections.ConfigDict":
 
 def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
   """Rejects a bad (resolved) config before anything is traced or compiled."""
-  names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
-  mesh = dict(zip(names, sizes))
-  rules = sharding_lib.get_rules(config.sharding_rules)
-  for rule in dict(rules).values():
-    for a in ((rule,) if isinstance(rule, str) else tuple(rule or ())):
-      if a not in mesh:
-        raise ValueError(f"sharding_rules={config.sharding_rules!r} uses mesh axis {a!r} missing "
-                         f"from mesh {mesh}")
-  axes = dict(rules)["batch"]
-  axes = [a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh]
-  div = int(np.prod([mesh[a] for a in axes]))
-  loop.check_train_batch(config.input.batch_size, axes, div, mesh)
-  for what, n in (("eval.batch_size", config.eval.batch_size), ("sample.num", config.sample.num)):
-    if n < 1:  # any other count is padded up to the batch shards (core/sharding.py)
-      raise ValueError(f"{what}={n} must be >= 1")
+  _, div = loop.check_run_config(config, num_devices)
+  if config.sample.num < 1:  # any other count is padded up to the batch shards (core/sharding.py)
+    raise ValueError(f"sample.num={config.sample.num} must be >= 1")
   num_sampled = sharding_lib.padded_size("sample.num", config.sample.num, div)
   m = config.model
   check_execution_options(m)
@@ -188,15 +176,8 @@ def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
     raise ValueError("model.null_class=True needs model.n_classes > 0")
   if not 0.0 <= m.cond_dropout < 1.0:
     raise ValueError(f"model.cond_dropout={m.cond_dropout} must be in [0, 1)")
-  loop.resolve_compute_dtype(config.compute_dtype)  # ValueError naming a bad value
-  loop.check_grad_accum(config, div)
-  loop.device_prefetch(config.input)  # ValueError naming a bad input.device_prefetch
-  if not 0.0 <= config.param_ema < 1.0:
-    raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if config.optim.schedule not in ("warmup_cosine", "constant"):
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; choose warmup_cosine or constant")
-  if loop.total_steps(config) < 1:
-    raise ValueError("total_steps (or total_epochs) gives no training step")
   if config.sample.every_steps and dense_lib.is_dense(config):
     sampling.validate_dense_sampling(
         DenseGPT(**dense_lib.model_kwargs(config.model)),
