@@ -5,6 +5,7 @@ with the trainers' shardings and donation), lowered on the abstract train state
 (`jax.eval_shape` of `create_state`: no parameter is allocated) and compiled; the key
 `<model>_<scanned|unrolled>_compile_s` is the wall time of `jax.jit(...).lower(...).compile()`
 (`..._compile_cpu_s`: the process's CPU seconds over it, steadier on a shared machine;
+`..._temp_gb`: XLA's temporary buffers of the compiled step per device, from memory_analysis;
 `<model>_compile[_cpu]_speedup`: unrolled / scanned). The persistent compilation cache is off
 and a tiny model is compiled first (backend start-up), so every figure is a cold compile.
 
@@ -71,6 +72,15 @@ def _compile(step, state_sh, batch_sh, repl, abstract, batch, extra, mesh, rules
   return time.perf_counter() - t, time.process_time() - c, compiled
 
 
+def _temp_gb(compiled):
+  """XLA's temporary buffer size of the compiled step per device (GB; None where not reported):
+  what the step needs beyond its (donated) state and batch, e.g. saved activations."""
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes / 1e9
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats)
+    return None
+
+
 def _step_seconds(compiled, create, mesh, rules, state_sh, batch, extra, steps: int) -> dict:
   """Median wall seconds per call of the compiled step on a fresh state (after one warm-up call).
 
@@ -122,7 +132,7 @@ def stackformer(name: str, scanned: bool, layers: int, batch: int, width: int = 
   secs, cpu, compiled = _compile(functools.partial(stage2.train_step, parts=parts), state_sh,
                                  batch_sh, sharding_lib.replicated(mesh), abstract, data, None,
                                  mesh, rules)
-  out = {"compile_s": secs, "compile_cpu_s": cpu,
+  out = {"compile_s": secs, "compile_cpu_s": cpu, "temp_gb": _temp_gb(compiled),
          "params_M": loop.num_params(abstract.params) / 1e6,
          "layers": [c.model.code_layers, c.model.position_layers], "batch": b}
   if steps:
@@ -159,7 +169,7 @@ def mqvae(res: int, batch: int, steps: int = 0) -> dict:
   batch_sh, repl = sharding_lib.batch_sharding(mesh, rules), sharding_lib.replicated(mesh)
   secs, cpu, compiled = _compile(functools.partial(stage1.train_step, parts=parts), state_sh,
                                  batch_sh, repl, abstract, data, lpips, mesh, rules)
-  out = {"compile_s": secs, "compile_cpu_s": cpu,
+  out = {"compile_s": secs, "compile_cpu_s": cpu, "temp_gb": _temp_gb(compiled),
          "params_M": loop.num_params(abstract.params["g"]) / 1e6, "res": res, "batch": b}
   if steps:
     host = {"image": np.random.default_rng(0).integers(0, 256, (b, res, res, 3), dtype=np.uint8)}
@@ -168,6 +178,10 @@ def mqvae(res: int, batch: int, steps: int = 0) -> dict:
     out.update(_step_seconds(compiled, functools.partial(stage1.create_state, parts=parts), mesh,
                              rules, state_sh, jax.device_put(host, batch_sh), lpips_params, steps))
   return out
+
+
+def _round(x, n):
+  return None if x is None else round(x, n)
 
 
 def main(argv=None) -> dict:
@@ -210,6 +224,7 @@ def main(argv=None) -> dict:
         r = mqvae(args.mqvae_res, args.batch, args.steps)
         out[f"{m}_unrolled_compile_s"] = round(r.pop("compile_s"), 2)
         out[f"{m}_unrolled_compile_cpu_s"] = round(r.pop("compile_cpu_s"), 2)
+        out[f"{m}_unrolled_temp_gb"] = _round(r.pop("temp_gb"), 3)
         if args.steps:
           out[f"{m}_unrolled_step_s"] = round(r.pop("step_s"), 4)
         out[f"{m}_info"] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
@@ -218,6 +233,7 @@ def main(argv=None) -> dict:
       r = stackformer(m, kind == "scanned", args.layers, args.batch, steps=args.steps)
       out[f"{m}_{kind}_compile_s"] = round(r.pop("compile_s"), 2)
       out[f"{m}_{kind}_compile_cpu_s"] = round(r.pop("compile_cpu_s"), 2)
+      out[f"{m}_{kind}_temp_gb"] = _round(r.pop("temp_gb"), 3)
       if args.steps:
         out[f"{m}_{kind}_step_s"] = round(r.pop("step_s"), 4)
       out[f"{m}_info"] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}

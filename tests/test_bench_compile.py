@@ -27,6 +27,7 @@ def test_compile_and_step_times_both_layouts(bench, capsys):
   assert out[f"{m}_info"]["layers"] == [1, 1] and out[f"{m}_info"]["batch"] == 8
   for kind in ("scanned", "unrolled"):
     assert out[f"{m}_{kind}_compile_s"] > 0 and out[f"{m}_{kind}_step_s"] > 0
+    assert out[f"{m}_{kind}_temp_gb"] > 0  # the saved activations at least
   assert out[f"{m}_compile_speedup"] == round(out[f"{m}_unrolled_compile_s"]
                                               / out[f"{m}_scanned_compile_s"], 2)
   assert out[f"{m}_step_scanned_over_unrolled"] == round(
