@@ -14,7 +14,8 @@ codes [K], positions [K], label, caption; see `stage2_data.encode_record`) and
 `<out>/tokens_meta.json` (tokenizer path + geometry, the splits and their files), which the
 stage-2 trainer checks against its own tokenizer. All hosts run the same command (`--multihost`,
 or the explicit `--coordinator_address --num_processes --process_id` of `core/distributed.py`);
-each encodes its `split_for_jax_process` share on its local devices and writes its own file, so
+each encodes its consecutive share of the split (all of its examples, split as evenly as the host
+count allows) on its local devices and writes its own file, so
 nothing is gathered. Existing outputs are never overwritten (a new split can be added).
 """
 import json
@@ -96,7 +97,7 @@ def export(args) -> dict:
 
   num = None if inp.num_train_examples < 0 else inp.num_train_examples
   with cli.user_input():  # the dataset and split the flags (or the run's config) name
-    src = input_pipeline.get_source(inp, args.split, num_examples=num)  # this host's share
+    src = _host_share(input_pipeline.get_source(inp, args.split, num_examples=num, whole=True))
   local_devices = jax.local_devices()
   bs = (sharding_lib.padded_size("--batch_size", args.batch_size, len(local_devices), 1,
                                  note=True)  # padded rows are dropped (see _write_records)
@@ -125,6 +126,16 @@ def export(args) -> dict:
         "num_examples_host0": written, "dataset": inp.name, "source": inp.source}
     files.write_text(meta_path, json.dumps(meta, indent=2))  # atomic (.partial + rename)
   return {"written": written, "seconds": time.time() - t0, "out": out_dir}
+
+
+def _host_share(src, process_index=None, process_count=None):
+  """This host's consecutive rows of the whole split: [n*i//c, n*(i+1)//c). Unlike the training
+  share (equal per host, the remainder dropped) every example is exported once: the hosts' files,
+  in host order, hold the split in the 1-process order."""
+  i = jax.process_index() if process_index is None else process_index
+  c = jax.process_count() if process_count is None else process_count
+  n = len(src)
+  return input_pipeline.Rows(src, np.arange(n * i // c, n * (i + 1) // c))
 
 
 def _write_records(writer, args, src, inp, bs, encode, tok_vars, batch_sh) -> int:
