@@ -17,7 +17,8 @@
 # (they name their own --workdir / --out) and only the three distributed flags are added:
 #   MODULE=maskvq_jax.sample WORKDIR=/tmp/mp_sample bash launch/local_multiprocess.sh \
 #     --workdir runs/quickstart/stage2 --num 64 --out /tmp/mp_sample/out If one process fails, the others
-# are stopped (they would otherwise wait for it in a collective until the coordinator times out);
+# are stopped: SIGTERM, then SIGKILL after STOP_GRACE_S (they would otherwise wait for it in a
+# collective until the coordinator times out);
 # the script exits with the first non-zero status, or 0 when every process succeeded.
 # SIGTERM/SIGINT to the script are forwarded to every process (each saves and exits cleanly).
 #
@@ -33,6 +34,8 @@
 #                        WORKDIR such as gs://b/run: $TMPDIR/maskvq_multiprocess_logs/<WORKDIR>).
 #   PYTHON               interpreter (default <repo>/.venv/bin/python if present, else python3).
 #   DRY_RUN              1: print the commands instead of running them.
+#   STOP_GRACE_S         after one process fails, seconds the others get to exit on SIGTERM
+#                        before they are killed (default 15; a checkpoint needs every process).
 set -euo pipefail
 
 die() { echo "local_multiprocess.sh: $*" >&2; exit 2; }
@@ -51,6 +54,7 @@ if [[ -z "${LOG_DIR:-}" ]]; then  # process logs are local files: never under a 
   esac
 fi
 DRY_RUN="${DRY_RUN:-0}"
+STOP_GRACE_S="${STOP_GRACE_S:-15}"
 MODULE="${MODULE:-maskvq_jax.main}"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
@@ -60,6 +64,7 @@ fi
 [[ "$NUM_PROCESSES" =~ ^[1-9][0-9]*$ ]] || die "NUM_PROCESSES=$NUM_PROCESSES must be a positive integer"
 [[ "$DEVICES_PER_PROCESS" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS=$DEVICES_PER_PROCESS must be a positive integer"
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN=$DRY_RUN must be 0 or 1"
+[[ "$STOP_GRACE_S" =~ ^[0-9]+$ ]] || die "STOP_GRACE_S=$STOP_GRACE_S must be a whole number of seconds"
 command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not executable"
 [[ "$MODULE" =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "MODULE=$MODULE is not a Python module name"
 (( $# > 0 )) || die "no arguments for $MODULE: pass at least --config configs/<x>.py"
@@ -110,7 +115,12 @@ done
 echo "local_multiprocess.sh: ${#PIDS[@]} processes (pids ${PIDS[*]}), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR" >&2
 
 # Wait for every process; on the first failure stop the rest so nobody hangs in a collective.
+# SIGTERM alone does not stop them: with JAX's preemption service (the default) it only asks for a
+# checkpoint at an agreed step, which the failed process never reaches, so the survivors waited
+# for the coordinator's heartbeat time-out (~1 min) and then aborted. Whoever is still running
+# STOP_GRACE_S seconds after the TERM is killed.
 STATUS=0
+KILL_AT=0
 REMAINING=("${PIDS[@]}")
 while (( ${#REMAINING[@]} > 0 )); do
   NEXT=()
@@ -121,9 +131,15 @@ while (( ${#REMAINING[@]} > 0 )); do
       STATUS=$rc
       echo "local_multiprocess.sh: process pid $p exited with status $rc; stopping the others (see $LOG_DIR)" >&2
       stop_all TERM
+      KILL_AT=$((SECONDS + STOP_GRACE_S))
     fi
   done
   REMAINING=("${NEXT[@]+"${NEXT[@]}"}")
+  if (( KILL_AT > 0 && SECONDS >= KILL_AT && ${#REMAINING[@]} > 0 )); then
+    echo "local_multiprocess.sh: killing pids ${REMAINING[*]}, still running ${STOP_GRACE_S} s after the stop" >&2
+    for p in "${REMAINING[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    KILL_AT=0
+  fi
   (( ${#REMAINING[@]} > 0 )) && sleep 0.5
 done
 exit "$STATUS"

@@ -415,6 +415,30 @@ def test_local_multiprocess_dry_run_other_module(tmp_path):
     assert f"--process_id={i}" in line and line.count("--workdir") == 1, line
 
 
+def test_local_multiprocess_kills_survivors_that_ignore_term(tmp_path):
+  """One process fails; the others ignore SIGTERM (as under JAX's preemption service, where TERM
+  only asks for a checkpoint at a step the failed process never reaches): they are killed
+  STOP_GRACE_S after the stop instead of waiting for the coordinator's time-out."""
+  stub = tmp_path / "python"
+  stub.write_text("#!/usr/bin/env bash\n"
+                  "case \"$*\" in *--process_id=1*) sleep 0.5; exit 3;; esac\n"
+                  "trap 'echo got TERM' TERM\n"
+                  "for i in $(seq 1 600); do sleep 0.1; done\n"
+                  "echo survived\n")
+  stub.chmod(0o755)
+  t0 = time.time()
+  rc, _, err = _run("local_multiprocess.sh", dict(WORKDIR=str(tmp_path), NUM_PROCESSES="3",
+                                                  PORT="12345", PYTHON=str(stub),
+                                                  STOP_GRACE_S="1"),
+                    "--config", "configs/quickstart.py:tiny")
+  assert rc == 3, err
+  assert time.time() - t0 < 30, err
+  assert "exited with status 3" in err and "killing pids" in err, err
+  for i in (0, 2):
+    log = (tmp_path / "logs" / "multiprocess" / f"process_{i}.log").read_text()
+    assert "got TERM" in log and "survived" not in log, log
+
+
 @pytest.mark.parametrize("env,args,match", [
     (dict(WORKDIR="/tmp/w", MODULE="not a module"), ("--num", "1"), "MODULE=not a module"),
     (dict(), ("--config", "c.py"), "WORKDIR is not set"),
