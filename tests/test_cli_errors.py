@@ -135,6 +135,10 @@ TRAINER_CASES = [
      "error: optim.grad_accum_steps=0 must be >= 1"),
     ("--config configs/quickstart.py:tiny --config.input.device_prefetch=-1",
      "error: input.device_prefetch=-1 must be an int >= 0 (0: no prefetch)"),
+    # found before training, not at the first evaluation (5000 steps in with the paper configs)
+    ("--config configs/quickstart.py:tiny --config.eval.batch_size=7 --config.eval.num_examples=3",
+     "error: eval.num_examples=3 is fewer than one batch of eval.batch_size=7: the evaluation "
+     "would have no batch"),
 ]
 
 

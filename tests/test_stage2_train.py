@@ -114,6 +114,13 @@ def test_missing_tokenizer_and_bad_configs(tmp_path, stage1_dir):
     with pytest.raises(ValueError, match=f"{what}=0 must be >= 1"):
       trainer.validate_config(trainer.resolve_config(tiny(stage1_dir, **{what: 0}), tok), 8,
                               tok.num_tokens)
+  few = {"eval.every_steps": 2, "eval.batch_size": 7, "eval.num_examples": 3}
+  with pytest.raises(ValueError, match="eval.num_examples=3 is fewer than one batch of "
+                                       "eval.batch_size=7"):  # before training, not at step 2
+    trainer.validate_config(trainer.resolve_config(tiny(stage1_dir, **few), tok), 8,
+                            tok.num_tokens)
+  trainer.validate_config(trainer.resolve_config(  # no evaluation: nothing to refuse
+      tiny(stage1_dir, **dict(few, **{"eval.every_steps": 0})), tok), 8, tok.num_tokens)
   with pytest.raises(ValueError, match="cond_dropout=0.1 needs a null condition"):
     trainer.resolve_config(tiny(stage1_dir, "cond=none", **{"model.cond_dropout": 0.1}), tok)
 

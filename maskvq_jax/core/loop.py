@@ -132,11 +132,12 @@ def device_prefetch(inp) -> int:
   return n
 
 
-def check_run_config(config, num_devices: int) -> tuple[dict, int]:
+def check_run_config(config, num_devices: int, *, evaluates: bool) -> tuple[dict, int]:
   """The checks both trainers share, before anything is traced (ValueError naming the value).
 
-  Mesh and sharding rules, the training batch against the data-parallel size, eval.batch_size,
-  compute_dtype, gradient accumulation, device prefetch, param_ema and the step count. Returns
+  Mesh and sharding rules, the training batch against the data-parallel size, eval.batch_size
+  (and, when the run `evaluates`, at least one eval batch in eval.num_examples), compute_dtype,
+  gradient accumulation, device prefetch, param_ema and the step count. Returns
   ({mesh axis: size}, data-parallel size).
   """
   names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
@@ -153,6 +154,9 @@ def check_run_config(config, num_devices: int) -> tuple[dict, int]:
   check_train_batch(config.input.batch_size, axes, div, mesh)
   if config.eval.batch_size < 1:  # any other size is padded up to the batch shards
     raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
+  if evaluates and config.eval.num_examples < config.eval.batch_size:
+    raise ValueError(f"eval.num_examples={config.eval.num_examples} is fewer than one batch of "
+                     f"eval.batch_size={config.eval.batch_size}: the evaluation would have no batch")
   resolve_compute_dtype(config.compute_dtype)
   check_grad_accum(config, div)
   device_prefetch(config.input)

@@ -78,7 +78,7 @@ class Parts:
 # ===================================================================== config checks
 def validate_config(config, num_devices: int):
   """Rejects a bad config before anything is traced or compiled (ValueError naming the value)."""
-  loop.check_run_config(config, num_devices)
+  loop.check_run_config(config, num_devices, evaluates=True)  # at the end at least
   mqvae_lib.validate_mqvae_kwargs(**config.model.to_dict())
   if config.model.resolution != config.input.res:
     raise ValueError(f"model.resolution={config.model.resolution} != input.res={config.input.res}")
