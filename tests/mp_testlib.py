@@ -165,8 +165,16 @@ def scalars(workdir: str, prefix: str) -> dict[int, dict[str, float]]:
 # allowance below, the worst being rounding leaves). Stage 2 (no adaptive weight) agrees to
 # 3e-7 over its whole chain and keeps one uninterrupted reference. Within a compared stretch:
 #
-# - its first step (same state, same batch; only the order of the sums differs): every scalar,
-#   gradient norms and d_weight included, within FIRST_STEP (measured: <= 2.9e-6);
+# - its first step (same state, same batch; only the order of the sums differs): every scalar
+#   within FIRST_STEP (measured: <= 2.9e-6), except the gradient norms and d_weight, within
+#   FIRST_STEP_GRADIENTS. Measured 2026-12-02 on a 2-core Intel Xeon host (the AMD hosts before:
+#   <= 2.9e-6), the first step after a restore: grad_norm/g_last_nll and d_weight 4.45e-4 and
+#   grad_norm/g 3.9e-4 apart while every loss agreed within 2e-5 and d_weight moved exactly as
+#   g_last_nll (so the GAN term's gradient agreed). The L1 term's gradient is sign(x_hat - x) / N:
+#   a pixel whose reconstruction error is at rounding level flips its sign with the summation
+#   order, a discrete change of the gradient that the loss does not show. Identical on the code
+#   before and after this session's changes (d2aa498), so a property of the host's kernels. A
+#   real bug moves these by O(1) (below);
 # - every step: the scalars that are functions of the parameters and the batch (losses, codebook
 #   and mask statistics, logits, parameter norms, lr) within VALUES (measured: <= 2.2e-5 even five
 #   steps from the common state);
@@ -195,6 +203,7 @@ def scalars(workdir: str, prefix: str) -> dict[int, dict[str, float]]:
 #   host's half only): moments 2x / 0.5x or O(1) apart (Adam's update alone is scale-invariant,
 #   its moments are not), gradient norms 2x at once, losses apart from the next step on.
 FIRST_STEP = dict(rtol=2e-5, atol=1e-7)
+FIRST_STEP_GRADIENTS = dict(rtol=2e-3, atol=1e-6)
 VALUES = dict(rtol=2e-4, atol=1e-6)
 GRADIENTS = dict(rtol=1e-2, atol=1e-6)
 GRADIENT_TAGS = ("grad_norm", "gan/d_weight", "loss/total_g")
@@ -207,10 +216,12 @@ def _is_gradient_tag(tag: str) -> bool:
 
 
 def scalar_mismatches(got: dict, want: dict, steps, *, start: int = 0, first=FIRST_STEP,
-                      values=VALUES, gradients=GRADIENTS) -> list[str]:
+                      first_gradients=FIRST_STEP_GRADIENTS, values=VALUES,
+                      gradients=GRADIENTS) -> list[str]:
   """The train scalars of `steps` that break the rules above (one line each); [] if none.
 
-  `start`: the step of the state both runs started from (its next step is held to `first`).
+  `start`: the step of the state both runs started from (its next step is held to `first`, its
+  gradient tags to `first_gradients`).
   """
   bad = []
   for step in steps:
@@ -221,7 +232,10 @@ def scalar_mismatches(got: dict, want: dict, steps, *, start: int = 0, first=FIR
     if missing:
       bad.append(f"step {step}: tags missing {sorted(missing)}")
     for tag in sorted(set(want[step]) & set(got[step])):
-      tol = first if step == start + 1 else gradients if _is_gradient_tag(tag) else values
+      if step == start + 1:
+        tol = first_gradients if _is_gradient_tag(tag) else first
+      else:
+        tol = gradients if _is_gradient_tag(tag) else values
       g, w = got[step][tag], want[step][tag]
       if not abs(g - w) <= tol["atol"] + tol["rtol"] * abs(w):
         bad.append(f"{tag}@{step}: {g!r} vs {w!r} ({abs(g - w) / max(abs(w), 1e-30):.2e} rel)")
