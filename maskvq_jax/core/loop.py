@@ -132,13 +132,13 @@ def device_prefetch(inp) -> int:
   return n
 
 
-def check_run_config(config, num_devices: int, *, evaluates: bool) -> tuple[dict, int]:
+def check_run_config(config, num_devices: int, *, evaluates: bool) -> int:
   """The checks both trainers share, before anything is traced (ValueError naming the value).
 
   Mesh and sharding rules, the training batch against the data-parallel size, eval.batch_size
   (and, when the run `evaluates`, at least one eval batch in eval.num_examples), compute_dtype,
-  gradient accumulation, device prefetch, param_ema and the step count. Returns
-  ({mesh axis: size}, data-parallel size).
+  gradient accumulation, device prefetch, param_ema and the step count. Returns the
+  data-parallel size (the product of the mesh axes the batch is split over).
   """
   names, sizes = sharding_lib.mesh_shape(config.mesh, num_devices)
   mesh = dict(zip(names, sizes))
@@ -164,7 +164,7 @@ def check_run_config(config, num_devices: int, *, evaluates: bool) -> tuple[dict
     raise ValueError(f"param_ema={config.param_ema} must be in [0, 1)")
   if total_steps(config) < 1:
     raise ValueError("total_steps (or total_epochs) gives no training step")
-  return mesh, div
+  return div
 
 
 def microbatches(tree, n: int):

@@ -164,7 +164,7 @@ def resolve_config(config, tokenizer) -> "ml_collections.ConfigDict":
 
 def validate_config(config, num_devices: int, num_tokens: Optional[int] = None):
   """Rejects a bad (resolved) config before anything is traced or compiled."""
-  _, div = loop.check_run_config(config, num_devices, evaluates=config.eval.every_steps > 0)
+  div = loop.check_run_config(config, num_devices, evaluates=config.eval.every_steps > 0)
   if config.sample.num < 1:  # any other count is padded up to the batch shards (core/sharding.py)
     raise ValueError(f"sample.num={config.sample.num} must be >= 1")
   num_sampled = sharding_lib.padded_size("sample.num", config.sample.num, div)
